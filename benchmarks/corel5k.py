@@ -1,0 +1,104 @@
+"""Corel5k annotation benchmark (Makadia et al. 2008 protocol) for phototag's methods.
+
+The standard 499-photo test split is not in ../shared, so a held-out set of 500 photos is carved (seeded) from
+the 4,500-photo train split; methods train on the other 4,000 (their early-stopping validation is carved from
+those). Each held-out photo gets its 5 top-scored words; per-word precision and recall are averaged over the words
+present in the held-out set; F1 of the two means; N+ = words with recall > 0. Per-image P/R/F1 under the seeds'
+rule (threshold 0.3, at most 15 tags) and mAP/miAP/AUC are reported too.
+
+    python benchmarks/corel5k.py                       # knn + mlp on efficientnet_lite0 features
+    python benchmarks/corel5k.py --methods knn --backbone efficientnet_lite2 --json runs/corel5k-lite2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from phototag.data import Dataset
+from phototag.importers import run_importer
+from phototag.pipeline import evaluate, train
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "corel5k"
+
+#: Published results on the standard split (../shared/data/README.md): P, R, F1, N+.
+PUBLISHED = {
+    "JEC (Makadia 2008)": (0.27, 0.32, 0.293, 139),
+    "TagProp σML (Guillaumin 2009)": (0.33, 0.42, 0.370, 160),
+    "2PKNN (Verma 2012)": (0.44, 0.46, 0.450, 191),
+}
+
+
+def heldout_dataset(src: Path, work: Path, *, n_heldout: int = 500, seed: int = 0) -> Dataset:
+    """Import Corel5k (once) and move ``n_heldout`` seeded-random train photos into a 'test' split."""
+    target = work / f"corel5k-heldout{n_heldout}-seed{seed}"
+    if (target / "dataset.json").exists():
+        return Dataset.load(target)
+    full = run_importer("corel5k", src, work / "corel5k-imported")
+    full.carve_test(n_heldout, seed=seed, name=f"corel5k-heldout{n_heldout}").save(target)
+    return Dataset.load(target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="raw Corel5k folder")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "corel5k", help="datasets and models go here")
+    parser.add_argument("--methods", nargs="+", default=["knn", "mlp"])
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "corel5k.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if not (args.data / "corel5k_words.txt").exists():
+        print(f"Corel5k not found at {args.data}; pass --data.", file=sys.stderr)
+        return 2
+    dataset = heldout_dataset(args.data, args.work, seed=args.seed)
+    rows = []
+    for method in args.methods:
+        start = time.perf_counter()
+        model = train(
+            dataset,
+            method=method,
+            backbone=args.backbone,
+            cache_dir=args.cache_dir,
+            out=args.work / "models" / f"{method}-{args.backbone}",
+            seed=args.seed,
+        )
+        fit_s = time.perf_counter() - start
+        result = evaluate(model, dataset, split="test", k=5, cache_dir=args.cache_dir, progress=False)
+        rows.append({"method": method, "backbone": args.backbone, "train_seconds": round(fit_s, 1), **result})
+    width = max(len(name) for name in PUBLISHED) + 24
+    header = f"{'method':<{width}} {'P@5':>6} {'R@5':>6} {'F1@5':>6} {'N+':>5} {'mAP':>6} {'img-F1@0.3':>10}"
+    print(f"Corel5k, 500 held-out photos from the train split (seed {args.seed}), 5 words per photo")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row['method'] + ' (' + row['backbone'] + ')':<{width}} {row['tag@5_mean_precision']:>6.3f} "
+            f"{row['tag@5_mean_recall']:>6.3f} {row['tag@5_f1']:>6.3f} {row['tag@5_n_plus']:>5d} "
+            f"{row['map']:>6.3f} {row['image_f1_mean']:>10.3f}"
+        )
+    for name, (p, r, f1, n_plus) in PUBLISHED.items():
+        print(
+            f"{name + ' [published, std split]':<{width}} {p:>6.3f} {r:>6.3f} {f1:>6.3f} {n_plus:>5d} {'':>6} {'':>10}"
+        )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps(
+            {"protocol": "corel5k-heldout500", "seed": args.seed, "results": rows, "published": PUBLISHED},
+            indent=2,
+            default=float,
+        )
+    )
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

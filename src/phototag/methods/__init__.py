@@ -1,0 +1,29 @@
+"""Tagging methods: one registry, one interface (see :mod:`phototag.methods.base`)."""
+
+from __future__ import annotations
+
+from .base import (
+    INPUT_KEYS,
+    MissingInputError,
+    NotFittedError,
+    TaggingMethod,
+    build_config,
+    create_method,
+    get_method_class,
+    list_methods,
+    method_descriptions,
+    register_method,
+)
+
+__all__ = [
+    "INPUT_KEYS",
+    "MissingInputError",
+    "NotFittedError",
+    "TaggingMethod",
+    "build_config",
+    "create_method",
+    "get_method_class",
+    "list_methods",
+    "method_descriptions",
+    "register_method",
+]

@@ -1,0 +1,213 @@
+"""The one interface every tagging method implements, and the method registry.
+
+A method is fitted on *inputs* (a mapping from input name to per-image data, e.g. ``"features"``: an
+``(n_images, d)`` array, ``"user_tags"``: a list of tag lists) and *targets* (``(n_images, n_tags)`` 0/1), and
+scores new inputs with an ``(n_images, n_tags)`` float32 array, higher = more relevant. The inputs a method needs
+are declared in :attr:`TaggingMethod.data_keys`; the pipeline builds exactly those. Learned state is a flat dict of
+arrays plus a JSON-able dict, which :mod:`phototag.model` writes to safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+#: Input names a method may declare, with how a user supplies each (used in error messages).
+INPUT_KEYS: dict[str, str] = {
+    "features": "pooled backbone features of the images (built by the pipeline from image files)",
+    "images": "image file paths",
+    "user_tags": "the user's own tags for each image (--user-tags, or a user_tags column)",
+}
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A method was used before :meth:`TaggingMethod.fit` (or loading)."""
+
+
+class MissingInputError(ValueError):
+    """A method was given inputs without one it declares in ``data_keys``."""
+
+
+class TaggingMethod(ABC):
+    """Base class of all tagging methods (scikit-learn style: ``__init__`` only stores the config).
+
+    Subclasses set ``Config`` (a dataclass with a comment on every field), ``description`` (one line),
+    ``data_keys`` and implement :meth:`fit`, :meth:`_score`, :meth:`get_state` and :meth:`set_state`.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    data_keys: ClassVar[tuple[str, ...]] = ("features",)
+
+    def __init__(self, config: Any = None, **overrides: Any):
+        self.config = build_config(self.Config, config, overrides)
+
+    # --- to implement -------------------------------------------------------------------------------------------
+    @abstractmethod
+    def fit(
+        self,
+        inputs: Mapping[str, Any],
+        targets: np.ndarray,
+        *,
+        val_inputs: Mapping[str, Any] | None = None,
+        val_targets: np.ndarray | None = None,
+        progress: bool = True,
+    ) -> TaggingMethod:
+        """Learn from ``inputs`` and ``targets`` ``(n_images, n_tags)`` 0/1; validation data is optional."""
+
+    @abstractmethod
+    def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        """Scores ``(n_images, n_tags)`` for validated inputs."""
+
+    @abstractmethod
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Learned state as (arrays, JSON-able metadata); :meth:`set_state` must restore identical scores."""
+
+    @abstractmethod
+    def set_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Restore the state returned by :meth:`get_state`."""
+
+    # --- shared behaviour ---------------------------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return getattr(self, "n_tags_", None) is not None
+
+    def check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit() or load a saved model.")
+
+    def check_inputs(self, inputs: Mapping[str, Any]) -> int:
+        """Check that every declared input is present and all have the same length; return that length."""
+        missing = [key for key in self.data_keys if key not in inputs or inputs[key] is None]
+        if missing:
+            needs = "; ".join(f"'{key}': {INPUT_KEYS.get(key, key)}" for key in missing)
+            raise MissingInputError(f"Method '{self.name}' needs input {needs}. Got inputs {sorted(inputs)}.")
+        lengths = {key: len(inputs[key]) for key in self.data_keys}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"Inputs of method '{self.name}' have different numbers of images: {lengths}.")
+        return next(iter(lengths.values())) if lengths else 0
+
+    def check_targets(self, targets: np.ndarray, n_images: int) -> np.ndarray:
+        targets = np.asarray(targets)
+        if targets.ndim != 2 or targets.shape[0] != n_images:
+            raise ValueError(f"targets must have shape ({n_images}, n_tags). Got {targets.shape} instead.")
+        if targets.shape[1] == 0:
+            raise ValueError("targets have no tag columns: the vocabulary is empty.")
+        return (targets > 0).astype(np.float32)
+
+    def score(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        """Relevance scores ``(n_images, n_tags)`` float32, higher = more relevant."""
+        self.check_fitted()
+        n = self.check_inputs(inputs)
+        if n == 0:
+            return np.zeros((0, self.n_tags_), dtype=np.float32)
+        scores = np.asarray(self._score(inputs), dtype=np.float32)
+        if scores.shape != (n, self.n_tags_):
+            raise RuntimeError(f"{self.name} returned scores of shape {scores.shape}, expected {(n, self.n_tags_)}.")
+        return scores
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def build_config(
+    config_class: type[ConfigT], config: Any = None, overrides: Mapping[str, Any] | None = None
+) -> ConfigT:
+    """Fill a method's config dataclass from an instance or dict plus overrides.
+
+    ``None`` overrides are dropped so an unset flag never beats a default. Unknown keys raise ``ValueError``
+    listing the valid ones.
+    """
+    if not dataclasses.is_dataclass(config_class):
+        raise TypeError(f"{config_class} is not a dataclass.")
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    values: dict[str, Any] = {}
+    if config is None:
+        pass
+    elif isinstance(config, config_class):
+        values = dataclasses.asdict(config)
+    elif isinstance(config, Mapping):
+        values = dict(config)
+    else:
+        raise TypeError(f"config must be a {config_class.__name__} or a dict. Got {type(config).__name__} instead.")
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"Unknown setting(s) {unknown} for {config_class.__qualname__}; valid settings: {sorted(fields)}."
+        )
+    return config_class(**values)
+
+
+# --- registry -----------------------------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[TaggingMethod]] = {}
+
+MethodT = TypeVar("MethodT", bound=type[TaggingMethod])
+
+
+def register_method(name: str) -> Callable[[MethodT], MethodT]:
+    """Class decorator adding a :class:`TaggingMethod` to the registry under ``name`` (duplicates raise)."""
+
+    def decorate(cls: MethodT) -> MethodT:
+        if name in _REGISTRY:
+            raise ValueError(f"A tagging method named '{name}' is already registered ({_REGISTRY[name].__qualname__}).")
+        if not dataclasses.is_dataclass(cls.Config):
+            raise TypeError(f"{cls.__qualname__}.Config must be a dataclass.")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_methods() -> list[str]:
+    """Names of all registered methods, sorted."""
+    _ensure_builtin_methods()
+    return sorted(_REGISTRY)
+
+
+def get_method_class(name: str) -> type[TaggingMethod]:
+    """The class registered as ``name``; unknown names raise ``ValueError`` listing the valid ones."""
+    _ensure_builtin_methods()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"Unknown method '{name}'. Registered methods: {', '.join(sorted(_REGISTRY))}.") from None
+
+
+def create_method(name: str, config: Any = None, **overrides: Any) -> TaggingMethod:
+    """Instantiate the method registered as ``name`` with a config (dict or dataclass) and overrides.
+
+    Example:
+        >>> create_method("knn", k=10).config.k
+        10
+    """
+    return get_method_class(name)(config, **overrides)
+
+
+def method_descriptions() -> dict[str, str]:
+    """``{name: one-line description}`` of every registered method."""
+    return {name: get_method_class(name).description for name in list_methods()}
+
+
+def _ensure_builtin_methods() -> None:
+    """Import every module of :mod:`phototag.methods` once; each registers its methods on import."""
+    import importlib
+    import pkgutil
+
+    from .. import methods
+
+    for module in pkgutil.iter_modules(methods.__path__):
+        if module.name != "base" and not module.name.startswith("_"):
+            importlib.import_module(f"{methods.__name__}.{module.name}")

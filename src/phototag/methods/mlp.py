@@ -1,0 +1,156 @@
+"""``mlp``: the seeds' multi-label head trained on cached backbone features.
+
+Dense 512 ReLU → Dropout 0.5 → sigmoid over the vocabulary, weighted binary cross-entropy (``pos_weight``), Adam,
+early stopping on validation mAP with the best epoch kept (seed 001's head, without fine-tuning the backbone).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..metrics import mean_average_precision
+from .base import TaggingMethod, register_method
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MLPConfig:
+    hidden: int = 512  # width of the hidden ReLU layer
+    dropout: float = 0.5  # dropout after the hidden layer
+    pos_weight: float | str = "auto"  # BCE weight of positives: a number (seed: 10), "auto" = sqrt(neg/pos) per tag
+    max_pos_weight: float = 30.0  # cap on the per-tag "auto" weight
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 1e-4  # Adam L2 penalty
+    batch_size: int = 64  # images per step
+    max_epochs: int = 200  # upper bound on epochs
+    patience: int = 15  # epochs without validation-mAP improvement before stopping
+    epochs_without_val: int = 40  # fixed number of epochs when no validation data is given
+    seed: int = 0  # seeds initialisation, dropout and shuffling
+
+
+class _Head(nn.Module):
+    def __init__(self, d_in: int, hidden: int, n_out: int, dropout: float):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(d_in))
+        self.register_buffer("scale", torch.ones(d_in))
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.scale)
+
+
+@register_method("mlp")
+class MLPTagger(TaggingMethod):
+    """Two-layer sigmoid head on pooled features; scores are sigmoid probabilities."""
+
+    description = "seed 001's head on cached features: Dense 512 ReLU, Dropout 0.5, sigmoid; weighted BCE, Adam"
+    Config = MLPConfig
+    data_keys = ("features",)
+
+    def _build(self, d_in: int, n_tags: int) -> _Head:
+        return _Head(d_in, self.config.hidden, n_tags, self.config.dropout)
+
+    def _pos_weight(self, targets: np.ndarray) -> torch.Tensor:
+        value = self.config.pos_weight
+        if isinstance(value, str):
+            if value != "auto":
+                raise ValueError(f"mlp pos_weight must be a number or 'auto'. Got {value!r} instead.")
+            pos = targets.sum(axis=0)
+            ratio = (len(targets) - pos) / np.maximum(pos, 1.0)
+            return torch.from_numpy(np.clip(np.sqrt(ratio), 1.0, self.config.max_pos_weight).astype(np.float32))
+        return torch.full((targets.shape[1],), float(value))
+
+    def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True):
+        from tqdm.auto import tqdm
+
+        n = self.check_inputs(inputs)
+        y = self.check_targets(targets, n)
+        x = np.asarray(inputs["features"], dtype=np.float32)
+        cfg = self.config
+        generator = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        head = self._build(x.shape[1], y.shape[1])
+        head.mean.copy_(torch.from_numpy(x.mean(axis=0)))
+        std = x.std(axis=0)
+        # Constant feature dims (std 0, common after ReLU) must not be blown up by a tiny divisor.
+        head.scale.copy_(torch.from_numpy(np.maximum(std, 0.1 * float(std.mean()) + 1e-6)))
+        loss_fn = nn.BCEWithLogitsLoss(pos_weight=self._pos_weight(y))
+        optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        have_val = val_inputs is not None and val_targets is not None and len(val_targets) > 0
+        if have_val:
+            xv = torch.from_numpy(np.asarray(val_inputs["features"], dtype=np.float32))
+            yv = (np.asarray(val_targets) > 0).astype(np.float32)
+        epochs = cfg.max_epochs if have_val else cfg.epochs_without_val
+        best_map, best_state, best_epoch, stale = -1.0, None, 0, 0
+        self.history_: list[dict[str, float]] = []
+        bar = tqdm(range(epochs), desc="mlp", unit="epoch", disable=not progress, leave=False)
+        for epoch in bar:
+            head.train()
+            order = torch.randperm(n, generator=generator)
+            total = 0.0
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                optimizer.zero_grad()
+                loss = loss_fn(head(xt[idx]), yt[idx])
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+            record = {"epoch": epoch + 1, "train_loss": total / n}
+            if have_val:
+                head.eval()
+                with torch.no_grad():
+                    val_scores = torch.sigmoid(head(xv)).numpy()
+                record["val_map"] = mean_average_precision(yv, val_scores)
+                if record["val_map"] > best_map:
+                    best_map, best_state, best_epoch, stale = (
+                        record["val_map"],
+                        copy.deepcopy(head.state_dict()),
+                        epoch + 1,
+                        0,
+                    )
+                else:
+                    stale += 1
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_map=f"{record['val_map']:.4f}")
+            self.history_.append(record)
+            if have_val and stale >= cfg.patience:
+                break
+        if best_state is not None:
+            head.load_state_dict(best_state)
+            log.info("mlp: best validation mAP %.4f at epoch %d", best_map, best_epoch)
+        self.best_epoch_ = best_epoch or len(self.history_)
+        self.head_ = head.eval()
+        self.n_features_ = x.shape[1]
+        self.n_tags_ = y.shape[1]
+        return self
+
+    def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        x = np.asarray(inputs["features"], dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.n_features_:
+            raise ValueError(f"mlp expects features of shape (n, {self.n_features_}). Got {x.shape} instead.")
+        with torch.no_grad():
+            return torch.sigmoid(self.head_(torch.from_numpy(x))).numpy()
+
+    def get_state(self):
+        arrays = {k: v.detach().cpu().numpy() for k, v in self.head_.state_dict().items()}
+        return arrays, {
+            "n_tags": int(self.n_tags_),
+            "n_features": int(self.n_features_),
+            "best_epoch": self.best_epoch_,
+        }
+
+    def set_state(self, arrays, meta):
+        self.n_tags_, self.n_features_ = int(meta["n_tags"]), int(meta["n_features"])
+        self.best_epoch_ = meta.get("best_epoch")
+        head = self._build(self.n_features_, self.n_tags_)
+        head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+        self.head_ = head.eval()

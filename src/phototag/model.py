@@ -1,0 +1,304 @@
+"""A trained tagger as one object and one directory: method + vocabulary + backbone spec + decision rule.
+
+Model directory layout (everything prediction needs; the training data is never read again)::
+
+    MODEL_DIR/phototag_model.json   format + version, method name and config, backbone spec, decision rule, info
+    MODEL_DIR/vocab.json            the fitted TagVocabulary (column order of the scores)
+    MODEL_DIR/weights.safetensors   the method's learned arrays ("method/...") and per-tag thresholds ("decision/...")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .backbones import Backbone, BackboneSpec, create_backbone
+from .features import FeatureStore
+from .fileio import atomic_directory
+from .methods import TaggingMethod, create_method
+from .vocab import TagVocabulary
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "phototag-model"
+MODEL_FORMAT_VERSION = 1
+MODEL_FILE = "phototag_model.json"
+
+
+class ModelFormatError(ValueError):
+    """A model directory is missing, damaged or from an incompatible phototag version."""
+
+
+@dataclass
+class DecisionRule:
+    """How scores become tags.
+
+    With neither ``top_k`` nor ``threshold`` given at predict time, the seeds' rule applies: tags scoring at least
+    ``threshold`` (or the per-tag thresholds when calibrated), at most ``max_tags`` of them. ``top_k`` alone gives
+    exactly the K best tags whatever their scores; ``threshold`` alone keeps the cap; both apply both.
+    """
+
+    threshold: float = 0.3  # global score threshold (seed 001)
+    max_tags: int | None = 15  # at most this many tags per image (seed 001)
+    per_tag_threshold: np.ndarray | None = field(default=None, repr=False)  # (n_tags,) calibrated thresholds
+
+    def select(
+        self, scores: np.ndarray, *, top_k: int | None = None, threshold: float | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """For each row of ``scores`` ``(n_images, n_tags)``: the chosen ``(tag index, score)``, best first."""
+        if top_k is not None and (not isinstance(top_k, int | np.integer) or top_k < 1):
+            raise ValueError(f"top_k must be an int >= 1. Got {top_k!r} instead.")
+        if top_k is None and threshold is None:
+            cut: float | np.ndarray = self.per_tag_threshold if self.per_tag_threshold is not None else self.threshold
+            limit = self.max_tags
+        elif top_k is None:
+            cut, limit = float(threshold), self.max_tags
+        else:
+            cut = -np.inf if threshold is None else float(threshold)
+            limit = top_k
+        order = np.argsort(-scores, axis=1, kind="stable")
+        if limit is not None:
+            order = order[:, :limit]
+        chosen = []
+        cut_array = np.broadcast_to(np.asarray(cut, dtype=np.float64), (scores.shape[1],))
+        for row, idx in zip(scores, order, strict=True):
+            keep = idx[row[idx] >= cut_array[idx]]
+            chosen.append([(int(i), float(row[i])) for i in keep])
+        return chosen
+
+
+@dataclass
+class ScoredImages:
+    """Scores of the images that could be read, plus what could not.
+
+    Attributes:
+        paths: Paths of the scored images, aligned with ``scores`` rows.
+        scores: ``(n_ok, n_tags)`` float32.
+        failures: ``(path, reason)`` of the images that could not be read.
+    """
+
+    paths: list[str]
+    scores: np.ndarray
+    failures: list[tuple[str, str]]
+
+
+class TagModel:
+    """A fitted tagging method with its vocabulary, backbone description and decision rule.
+
+    Example:
+        >>> model = load_model()  # the shipped default  # doctest: +SKIP
+        >>> model.predict(["photo.jpg"], top_k=3)  # doctest: +SKIP
+        [{'image': 'photo.jpg', 'tags': [{'tag': 'sky', 'score': 0.91}, ...]}]
+    """
+
+    def __init__(
+        self,
+        method: TaggingMethod,
+        vocab: TagVocabulary,
+        *,
+        backbone_spec: BackboneSpec | None = None,
+        decision: DecisionRule | None = None,
+        info: dict[str, Any] | None = None,
+    ):
+        self.method = method
+        self.vocab = vocab
+        self.backbone_spec = backbone_spec
+        self.decision = decision or DecisionRule()
+        self.info = info or {}
+        self.path: Path | None = None
+        self._backbone: Backbone | None = None
+        self._stores: dict[Any, FeatureStore] = {}
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.vocab.tags_)
+
+    @property
+    def data_keys(self) -> tuple[str, ...]:
+        return self.method.data_keys
+
+    # --- inputs -------------------------------------------------------------------------------------------------
+    def backbone(self) -> Backbone:
+        if self.backbone_spec is None:
+            raise ValueError(f"Method '{self.method.name}' uses no image backbone.")
+        if self._backbone is None:
+            self._backbone = create_backbone(self.backbone_spec)
+        return self._backbone
+
+    def feature_store(self, cache_dir: str | os.PathLike | None | bool = None) -> FeatureStore:
+        key = str(cache_dir)
+        if key not in self._stores:
+            self._stores[key] = FeatureStore(self.backbone(), cache_dir)
+        return self._stores[key]
+
+    def score_inputs(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        """Scores ``(n_images, n_tags)`` from ready-made inputs (see :attr:`data_keys`)."""
+        return self.method.score(inputs)
+
+    def score_images(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        user_tags: Sequence[Sequence[str]] | None = None,
+        cache_dir: str | os.PathLike | None | bool = None,
+        progress: bool = False,
+    ) -> ScoredImages:
+        """Score image files; unreadable ones are returned in ``failures``, never dropped silently."""
+        from .pipeline import build_inputs, subset_inputs
+
+        inputs, ok, failures = build_inputs(
+            self.data_keys,
+            image_paths=[str(p) for p in paths],
+            user_tags=user_tags,
+            feature_store=self.feature_store(cache_dir) if "features" in self.data_keys else None,
+            progress=progress,
+        )
+        scores = self.score_inputs(subset_inputs(inputs, ok))
+        return ScoredImages([str(p) for p, good in zip(paths, ok, strict=True) if good], scores, failures)
+
+    def predict(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        user_tags: Sequence[Sequence[str]] | None = None,
+        cache_dir: str | os.PathLike | None | bool = None,
+        progress: bool = False,
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """Tags for image files.
+
+        Returns:
+            ``(predictions, failures)``: one ``{"image": path, "tags": [{"tag", "score"}, ...]}`` per readable image
+            (tags sorted by score, highest first), and ``(path, reason)`` per unreadable one.
+        """
+        scored = self.score_images(paths, user_tags=user_tags, cache_dir=cache_dir, progress=progress)
+        return self.format_predictions(scored.paths, scored.scores, top_k=top_k, threshold=threshold), scored.failures
+
+    def format_predictions(
+        self, names: Sequence[str], scores: np.ndarray, *, top_k: int | None = None, threshold: float | None = None
+    ) -> list[dict[str, Any]]:
+        tags = self.vocab.tags_
+        chosen = self.decision.select(scores, top_k=top_k, threshold=threshold)
+        return [
+            {"image": name, "tags": [{"tag": tags[i], "score": round(s, 4)} for i, s in picks]}
+            for name, picks in zip(names, chosen, strict=True)
+        ]
+
+    # --- persistence --------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model directory atomically (built in a temporary sibling, then renamed into place).
+
+        An existing phototag model directory at ``path`` is replaced; any other non-empty folder is refused.
+        """
+        from safetensors.numpy import save_file
+
+        arrays, meta = self.method.get_state()
+        tensors = {f"method/{k}": np.ascontiguousarray(v) for k, v in arrays.items()}
+        if self.decision.per_tag_threshold is not None:
+            tensors["decision/per_tag_threshold"] = np.asarray(self.decision.per_tag_threshold, dtype=np.float32)
+        header = {
+            "format": MODEL_FORMAT,
+            "format_version": MODEL_FORMAT_VERSION,
+            "phototag_version": __version__,
+            "method": self.method.name,
+            "config": self.method.config_dict(),
+            "method_meta": meta,
+            "data_keys": list(self.data_keys),
+            "backbone": self.backbone_spec.to_dict() if self.backbone_spec else None,
+            "decision": {"threshold": self.decision.threshold, "max_tags": self.decision.max_tags},
+            "n_tags": len(self.vocab),
+            "info": self.info,
+        }
+        path = Path(path)
+        with atomic_directory(path, marker=MODEL_FILE, what="model") as tmp:
+            (tmp / MODEL_FILE).write_text(json.dumps(header, indent=2, default=_json_default))
+            self.vocab.save(tmp / "vocab.json")
+            save_file(tensors, str(tmp / "weights.safetensors"), metadata={"format": MODEL_FORMAT})
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TagModel:
+        """Load a model directory written by :meth:`save`.
+
+        Raises:
+            ModelFormatError: Missing or damaged files, or a format version this phototag cannot read.
+        """
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        header_file = path / MODEL_FILE
+        if not path.is_dir():
+            raise ModelFormatError(f"Model directory '{path}' does not exist. Train one with `phototag train`.")
+        if not header_file.is_file():
+            raise ModelFormatError(f"'{path}' is not a phototag model directory ({MODEL_FILE} is missing).")
+        try:
+            header = json.loads(header_file.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ModelFormatError(f"{header_file} is damaged ({err}); retrain or restore the model.") from None
+        if header.get("format") != MODEL_FORMAT:
+            raise ModelFormatError(f"{header_file} is not a phototag model file (format {header.get('format')!r}).")
+        version = header.get("format_version")
+        if version != MODEL_FORMAT_VERSION:
+            raise ModelFormatError(
+                f"Model '{path}' has model format version {version}, but this phototag ({__version__}) reads version "
+                f"{MODEL_FORMAT_VERSION}. Use the phototag version that wrote it ({header.get('phototag_version')}) "
+                "or retrain the model."
+            )
+        try:
+            tensors = load_file(str(path / "weights.safetensors"))
+        except Exception as err:
+            raise ModelFormatError(
+                f"Cannot read {path / 'weights.safetensors'} ({err}); the model is damaged."
+            ) from None
+        vocab = TagVocabulary.load(path / "vocab.json")
+        method = create_method(header["method"], header["config"])
+        method.set_state(
+            {k[len("method/") :]: v for k, v in tensors.items() if k.startswith("method/")}, header["method_meta"]
+        )
+        decision = DecisionRule(**header["decision"], per_tag_threshold=tensors.get("decision/per_tag_threshold"))
+        spec = BackboneSpec.from_dict(header["backbone"]) if header.get("backbone") else None
+        model = cls(method, vocab, backbone_spec=spec, decision=decision, info=header.get("info", {}))
+        model.path = path
+        if len(vocab) != method.n_tags_:
+            raise ModelFormatError(
+                f"Model '{path}': vocabulary has {len(vocab)} tags but the method scores "
+                f"{method.n_tags_}; the directory is inconsistent."
+            )
+        return model
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Cannot serialise {type(value).__name__} to JSON")
+
+
+def default_model_path() -> Path:
+    """Folder of the default model shipped inside the package."""
+    return Path(__file__).resolve().parent / "default_model"
+
+
+def load_model(path: str | os.PathLike | None = None) -> TagModel:
+    """Load a model directory; ``None`` loads the default model shipped with phototag."""
+    if path is None:
+        path = default_model_path()
+        if not (path / MODEL_FILE).exists():
+            raise ModelFormatError(
+                f"The default model is missing from the installation ({path}); reinstall phototag or rebuild it "
+                "with `python scripts/build_default_model.py`."
+            )
+    return TagModel.load(path)

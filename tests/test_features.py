@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from phototag.features import FeatureStore
+
+
+def _store(backbone, cache, **kwargs):
+    return FeatureStore(backbone, cache, device="cpu", batch_size=4, **kwargs)
+
+
+@pytest.fixture
+def photos(synthetic_photos):
+    return sorted(str(p) for p in (synthetic_photos / "img" / "train").iterdir())[:6]
+
+
+def test_extract_caches_by_content(backbone, photos, tmp_path):
+    first = _store(backbone, tmp_path).extract(photos, progress=False)
+    assert first.features.shape == (6, 1280) and first.ok.all() and not first.failures
+    # A new store reads everything back from disk: the backbone must not run again.
+    store = _store(backbone, tmp_path)
+    store._embed = lambda tensors: pytest.fail("cached features were recomputed")
+    second = store.extract(photos, progress=False)
+    np.testing.assert_array_equal(first.features, second.features)
+
+
+def test_renamed_copy_hits_the_cache(backbone, photos, tmp_path):
+    _store(backbone, tmp_path).extract(photos[:1], progress=False)
+    copy = tmp_path / "renamed.bin"
+    copy.write_bytes(Path(photos[0]).read_bytes())
+    store = _store(backbone, tmp_path)
+    store._embed = lambda tensors: pytest.fail("recomputed")
+    assert store.extract([str(copy)], progress=False).ok.all()
+
+
+def test_unreadable_images_are_reported_not_dropped(backbone, photos, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(Path(photos[1]).read_bytes()[:200])
+    missing = str(tmp_path / "missing.jpg")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    paths = [photos[0], str(bad), missing, str(text), photos[2]]
+    result = _store(backbone, False).extract(paths, progress=False)
+    assert result.ok.tolist() == [True, False, False, False, True]
+    assert [p for p, _ in result.failures] == [str(bad), missing, str(text)]
+    assert "not found" in result.failures[1][1] or "cannot read" in result.failures[1][1]
+    assert not result.features[1].any()
+
+
+def test_interrupted_extraction_resumes(backbone, photos, tmp_path):
+    store = _store(backbone, tmp_path, flush_every=2)
+    real_embed, calls = store._embed, []
+
+    def embed_then_crash(tensors):
+        calls.append(len(tensors))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_embed(tensors)
+
+    store._embed = embed_then_crash
+    with pytest.raises(KeyboardInterrupt):
+        store.extract(photos, progress=False)
+    assert len(list((tmp_path / backbone.spec.cache_key()).glob("shard-*.npz"))) == 1  # first batch was kept
+    resumed = _store(backbone, tmp_path)
+    done = []
+    real = resumed._embed
+    resumed._embed = lambda tensors: done.append(len(tensors)) or real(tensors)
+    assert resumed.extract(photos, progress=False).ok.all()
+    assert sum(done) == 2  # only the images not cached before the interruption
+
+
+def test_memory_only_store_writes_nothing(backbone, photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("PHOTOTAG_CACHE", str(tmp_path / "cache"))
+    _store(backbone, False).extract(photos[:2], progress=False)
+    assert not (tmp_path / "cache").exists()

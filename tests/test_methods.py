@@ -1,0 +1,126 @@
+"""The conformance suite every registered method passes, plus registry behaviour."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from conftest import clustered_features
+from phototag.methods import (
+    MissingInputError,
+    NotFittedError,
+    TaggingMethod,
+    create_method,
+    get_method_class,
+    list_methods,
+    register_method,
+)
+from phototag.metrics import mean_average_precision
+from phototag.model import TagModel
+from phototag.vocab import TagVocabulary
+
+# Small settings so the whole suite stays fast; each method still has to learn the synthetic task.
+FAST = {"mlp": {"max_epochs": 60, "patience": 10}}
+
+
+def make_inputs(method: TaggingMethod, features: np.ndarray, targets: np.ndarray) -> dict:
+    inputs: dict = {}
+    if "features" in method.data_keys:
+        inputs["features"] = features
+    if "user_tags" in method.data_keys:
+        # Noisy user tags: the true tag names, with one missing per image.
+        inputs["user_tags"] = [[f"t{j}" for j in np.flatnonzero(row)][1:] for row in targets]
+    return inputs
+
+
+@pytest.fixture(scope="module")
+def task():
+    x, y = clustered_features(n=160, n_tags=4, dim=16, seed=0)
+    return x[:120], y[:120], x[120:], y[120:]
+
+
+def test_registry_lists_spine_methods():
+    assert {"knn", "mlp"} <= set(list_methods())
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(ValueError, match=r"Unknown method 'nope'.*knn.*mlp"):
+        create_method("nope")
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("knn")(get_method_class("knn"))
+
+
+def test_unknown_setting_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"Unknown setting\(s\) \['kk'\].*'k'"):
+        create_method("knn", kk=3)
+
+
+def test_none_override_keeps_default():
+    assert create_method("knn", k=None).config.k == get_method_class("knn").Config().k
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_config_fields_are_documented_dataclass(name):
+    cls = get_method_class(name)
+    assert dataclasses.is_dataclass(cls.Config)
+    assert cls.description, f"{name} needs a one-line description"
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_conformance(name, task, tmp_path):
+    x_train, y_train, x_test, y_test = task
+    method = create_method(name, FAST.get(name))
+    with pytest.raises(NotFittedError):
+        method.score(make_inputs(method, x_test, y_test))
+    train_inputs, test_inputs = make_inputs(method, x_train, y_train), make_inputs(method, x_test, y_test)
+    assert method.fit(train_inputs, y_train, val_inputs=test_inputs, val_targets=y_test, progress=False) is method
+    scores = method.score(test_inputs)
+    assert scores.shape == y_test.shape and scores.dtype == np.float32
+    assert np.isfinite(scores).all()
+    assert mean_average_precision(y_test, scores) > 0.9, "method failed to learn an easy synthetic task"
+    assert method.score({k: v[:0] for k, v in test_inputs.items()}).shape == (0, y_test.shape[1])
+
+    vocab = TagVocabulary().fit([[f"t{j}" for j in range(y_train.shape[1])]])
+    TagModel(method, vocab).save(tmp_path / "model")
+    reloaded = TagModel.load(tmp_path / "model")
+    np.testing.assert_array_equal(reloaded.score_inputs(test_inputs), scores)
+    assert reloaded.method.config == method.config
+
+    with pytest.raises(MissingInputError, match=name):
+        method.score({})
+
+
+def test_knn_scores_are_weighted_neighbour_votes():
+    features = np.array([[1, 0], [0.9, 0.1], [0, 1]], dtype=np.float32)
+    targets = np.array([[1, 0], [1, 1], [0, 1]], dtype=np.float32)
+    knn = create_method("knn", k=2, temperature=1.0).fit({"features": features}, targets, progress=False)
+    scores = knn.score({"features": np.array([[1, 0]], dtype=np.float32)})
+    sims = np.array([1.0, 0.9 / np.hypot(0.9, 0.1)])
+    weights = np.exp(sims) / np.exp(sims).sum()
+    np.testing.assert_allclose(scores[0], [1.0, weights[1]], rtol=1e-3)
+
+
+def test_knn_rejects_bad_k():
+    with pytest.raises(ValueError, match="must be an int >= 1"):
+        create_method("knn", k=0).fit({"features": np.ones((2, 2))}, np.ones((2, 1)), progress=False)
+
+
+def test_mlp_is_deterministic_for_a_seed(task):
+    x_train, y_train, x_test, _ = task
+    first = create_method("mlp", max_epochs=5, seed=3).fit({"features": x_train}, y_train, progress=False)
+    second = create_method("mlp", max_epochs=5, seed=3).fit({"features": x_train}, y_train, progress=False)
+    np.testing.assert_array_equal(first.score({"features": x_test}), second.score({"features": x_test}))
+
+
+def test_mlp_keeps_best_validation_epoch(task):
+    x_train, y_train, x_test, y_test = task
+    mlp = create_method("mlp", max_epochs=30, patience=5).fit(
+        {"features": x_train}, y_train, val_inputs={"features": x_test}, val_targets=y_test, progress=False
+    )
+    best = max(h["val_map"] for h in mlp.history_)
+    assert mean_average_precision(y_test, mlp.score({"features": x_test})) == pytest.approx(best)

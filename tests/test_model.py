@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import clustered_features
+from phototag.methods import create_method
+from phototag.model import DecisionRule, ModelFormatError, TagModel, load_model
+from phototag.vocab import TagVocabulary
+
+SCORES = np.array([[0.9, 0.5, 0.31, 0.29, 0.1], [0.2, 0.1, 0.05, 0.0, 0.25]], dtype=np.float32)
+
+
+def test_default_rule_is_threshold_03_at_most_15():
+    chosen = DecisionRule().select(SCORES)
+    assert [[i for i, _ in row] for row in chosen] == [[0, 1, 2], []]
+    assert [s for _, s in chosen[0]] == pytest.approx([0.9, 0.5, 0.31])
+    many = np.full((1, 40), 0.5, dtype=np.float32)
+    assert len(DecisionRule().select(many)[0]) == 15
+
+
+def test_top_k_alone_returns_exactly_k_whatever_the_scores():
+    assert [i for i, _ in DecisionRule().select(SCORES, top_k=2)[1]] == [4, 0]
+    assert all(len(row) == 4 for row in DecisionRule().select(SCORES, top_k=4))
+
+
+def test_top_k_and_threshold_apply_both():
+    assert [[i for i, _ in row] for row in DecisionRule().select(SCORES, top_k=2, threshold=0.3)] == [[0, 1], []]
+
+
+def test_threshold_alone_keeps_the_cap():
+    assert [i for i, _ in DecisionRule(max_tags=2).select(SCORES, threshold=0.0)[0]] == [0, 1]
+
+
+def test_per_tag_thresholds():
+    rule = DecisionRule(per_tag_threshold=np.array([0.95, 0.4, 0.3, 0.2, 0.2]))
+    assert [[i for i, _ in row] for row in rule.select(SCORES)] == [[1, 2, 3], [4]]
+
+
+def test_bad_top_k():
+    with pytest.raises(ValueError, match="top_k must be an int >= 1"):
+        DecisionRule().select(SCORES, top_k=0)
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    x, y = clustered_features(n=40, n_tags=3)
+    method = create_method("knn", k=5).fit({"features": x}, y, progress=False)
+    vocab = TagVocabulary().fit([["a", "b", "c"]])
+    rule = DecisionRule(per_tag_threshold=np.array([0.1, 0.2, 0.3], dtype=np.float32))
+    return TagModel(method, vocab, decision=rule, info={"note": "test"}).save(tmp_path / "m"), x
+
+
+def test_save_load_roundtrip(saved_model):
+    path, x = saved_model
+    model = TagModel.load(path)
+    assert model.tags == ["a", "b", "c"] and model.info == {"note": "test"}
+    np.testing.assert_array_equal(model.decision.per_tag_threshold, np.float32([0.1, 0.2, 0.3]))
+    assert sorted(p.name for p in path.iterdir()) == ["phototag_model.json", "vocab.json", "weights.safetensors"]
+
+
+def test_other_format_version_is_refused(saved_model):
+    path, _ = saved_model
+    header = json.loads((path / "phototag_model.json").read_text())
+    header["format_version"] = 99
+    (path / "phototag_model.json").write_text(json.dumps(header))
+    with pytest.raises(ModelFormatError, match="model format version 99.*retrain"):
+        TagModel.load(path)
+
+
+def test_missing_and_foreign_directories(tmp_path):
+    with pytest.raises(ModelFormatError, match="does not exist"):
+        TagModel.load(tmp_path / "nothing")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file.txt").write_text("x")
+    with pytest.raises(ModelFormatError, match="not a phototag model directory"):
+        TagModel.load(tmp_path / "other")
+
+
+def test_save_refuses_foreign_folder_and_replaces_a_model(saved_model, tmp_path):
+    path, _ = saved_model
+    model = TagModel.load(path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a phototag model"):
+        model.save(tmp_path / "other")
+    model.info["note"] = "second"
+    model.save(path)
+    assert TagModel.load(path).info["note"] == "second"
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_default_model_loads():
+    model = load_model()
+    assert len(model.tags) >= 200 and model.backbone_spec is not None

@@ -1,0 +1,69 @@
+"""The spine's quality targets on real photos (../shared/data; skipped cleanly when it is absent)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from phototag.metrics import per_tag_at_k
+
+pytestmark = pytest.mark.slow
+
+#: Distinctive scene and object words of Corel5k: a small natural-scene set with a folder of photos and a CSV.
+SCENE_WORDS = ("tiger", "flowers", "snow", "sand", "plane", "cars", "horses", "bear")
+
+
+def test_knn_on_corel5k_heldout_photos(corel5k_features):
+    from phototag.methods import create_method
+
+    dataset, x, y, train, test = corel5k_features
+    knn = create_method("knn").fit({"features": x[train]}, y[train], progress=False)
+    result = per_tag_at_k(y[test], knn.score({"features": x[test]}), k=5)
+    # The issue's bar (and published JEC: F1 0.293, N+ 139); measured 0.411 / 152 with the default settings.
+    assert result["f1"] >= 0.33 and result["n_plus"] >= 140, result
+
+
+def test_default_method_on_a_natural_scene_folder_and_csv(corel5k_dir, tmp_path, real_feature_cache, capsys):
+    """`phototag import csv` + `phototag train` (no --method) + `phototag evaluate` on real photos: mAP >= 0.85."""
+    from scipy.io import loadmat
+
+    from phototag.cli import main
+
+    words = (corel5k_dir / "corel5k_words.txt").read_text().split()
+    ids = (corel5k_dir / "corel5k_train_list.txt").read_text().split()
+    annot = loadmat(corel5k_dir / "corel5k_train_annot.mat")["annot1"]
+    columns = [words.index(w) for w in SCENE_WORDS]
+    rows = np.flatnonzero(annot[:, columns].sum(axis=1) > 0)
+    splits = np.where(np.random.default_rng(0).random(len(rows)) < 0.75, "train", "test")
+    (tmp_path / "photos").symlink_to(corel5k_dir, target_is_directory=True)
+    with open(tmp_path / "photos.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "tags", "split"])
+        for row, split in zip(rows, splits, strict=True):
+            tags = " ".join(w for w, c in zip(SCENE_WORDS, columns, strict=True) if annot[row, c])
+            writer.writerow([f"photos/{ids[row]}.jpeg", tags, split])
+    cache = ["--cache-dir", str(real_feature_cache)]
+    assert main(["-q", "import", "csv", str(tmp_path / "photos.csv"), str(tmp_path / "ds")]) == 0
+    assert main(["-q", "train", str(tmp_path / "ds"), "--out", str(tmp_path / "model"), *cache]) == 0
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                str(tmp_path / "model"),
+                str(tmp_path / "ds"),
+                "--json",
+                str(tmp_path / "m.json"),
+                *cache,
+            ]
+        )
+        == 0
+    )
+    import json
+
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["n_images"] == int((splits == "test").sum()) and metrics["n_tags"] == len(SCENE_WORDS)
+    assert metrics["map"] >= 0.85, metrics
