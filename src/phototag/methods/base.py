@@ -72,6 +72,20 @@ class TaggingMethod(ABC):
     def set_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
         """Restore the state returned by :meth:`get_state`."""
 
+    # --- optional: online learning -------------------------------------------------------------------------------
+    #: True when :meth:`update` is implemented (``phototag update`` refuses other methods with a clear message).
+    supports_update: ClassVar[bool] = False
+
+    def update(self, inputs: Mapping[str, Any], targets: np.ndarray, *, progress: bool = True) -> TaggingMethod:
+        """Learn from new images without retraining from scratch or changing the model's structure.
+
+        ``targets`` ``(n_new_images, n_tags_total)`` covers the old tags (same columns as before, first) followed by
+        any brand-new tags appended to the vocabulary; after the call the method scores ``n_tags_total`` tags.
+        """
+        raise NotImplementedError(
+            f"Method '{self.name}' does not support online updates; retrain it with `phototag train`."
+        )
+
     # --- shared behaviour ---------------------------------------------------------------------------------------
     @property
     def is_fitted(self) -> bool:
