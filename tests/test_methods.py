@@ -78,7 +78,11 @@ def test_conformance(name, task, tmp_path):
     with pytest.raises(NotFittedError):
         method.score(make_inputs(method, x_test, y_test))
     train_inputs, test_inputs = make_inputs(method, x_train, y_train), make_inputs(method, x_test, y_test)
-    assert method.fit(train_inputs, y_train, val_inputs=test_inputs, val_targets=y_test, progress=False) is method
+    names = [f"t{j}" for j in range(y_train.shape[1])]
+    fitted = method.fit(
+        train_inputs, y_train, val_inputs=test_inputs, val_targets=y_test, progress=False, tag_names=names
+    )
+    assert fitted is method
     scores = method.score(test_inputs)
     assert scores.shape == y_test.shape and scores.dtype == np.float32
     assert np.isfinite(scores).all()

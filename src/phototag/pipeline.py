@@ -178,7 +178,14 @@ def train(
         len(vocab),
         0 if val_targets is None else len(val_targets),
     )
-    tagger.fit(train_inputs, targets, val_inputs=val_inputs, val_targets=val_targets, progress=progress)
+    tagger.fit(
+        train_inputs,
+        targets,
+        val_inputs=val_inputs,
+        val_targets=val_targets,
+        progress=progress,
+        tag_names=list(vocab.tags_),
+    )
     info: dict[str, Any] = {
         "dataset": ds.name,
         "dataset_dir": str(ds.root) if ds.root else None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -57,8 +57,13 @@ class TaggingMethod(ABC):
         val_inputs: Mapping[str, Any] | None = None,
         val_targets: np.ndarray | None = None,
         progress: bool = True,
+        tag_names: Sequence[str] | None = None,
     ) -> TaggingMethod:
-        """Learn from ``inputs`` and ``targets`` ``(n_images, n_tags)`` 0/1; validation data is optional."""
+        """Learn from ``inputs`` and ``targets`` ``(n_images, n_tags)`` 0/1; validation data is optional.
+
+        ``tag_names`` (the vocabulary, in column order) is given by the pipeline; methods that relate tag *strings*
+        to columns (user tags as input, text-embedding initialisation) need it and raise a clear error without it.
+        """
 
     @abstractmethod
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
@@ -105,6 +110,17 @@ class TaggingMethod(ABC):
         if len(set(lengths.values())) > 1:
             raise ValueError(f"Inputs of method '{self.name}' have different numbers of images: {lengths}.")
         return next(iter(lengths.values())) if lengths else 0
+
+    def check_tag_names(self, tag_names: Sequence[str] | None, n_tags: int) -> list[str]:
+        """The vocabulary given to :meth:`fit`, checked against the number of target columns."""
+        if tag_names is None:
+            raise ValueError(
+                f"Method '{self.name}' needs the tag names: call fit(..., tag_names=vocabulary.tags_) "
+                "(phototag.pipeline.train does this)."
+            )
+        if len(tag_names) != n_tags:
+            raise ValueError(f"Got {len(tag_names)} tag names for {n_tags} target columns.")
+        return [str(t) for t in tag_names]
 
     def check_targets(self, targets: np.ndarray, n_images: int) -> np.ndarray:
         targets = np.asarray(targets)

@@ -30,7 +30,7 @@ class KNNTagger(TaggingMethod):
     Config = KNNConfig
     data_keys = ("features",)
 
-    def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True):
+    def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
         n = self.check_inputs(inputs)
         targets = self.check_targets(targets, n)
         if self.config.k < 1:

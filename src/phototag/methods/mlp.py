@@ -69,7 +69,7 @@ class MLPTagger(TaggingMethod):
             return torch.from_numpy(np.clip(np.sqrt(ratio), 1.0, self.config.max_pos_weight).astype(np.float32))
         return torch.full((targets.shape[1],), float(value))
 
-    def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True):
+    def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
         from tqdm.auto import tqdm
 
         n = self.check_inputs(inputs)
