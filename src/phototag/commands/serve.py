@@ -1,0 +1,75 @@
+"""``phototag serve [MODEL_DIR]``: the HTTP API and web page (see :mod:`phototag.service`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..service import TOKEN_ENV, ServiceConfig
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..feedback import default_feedback_path
+    from ..model import load_model
+    from ..service import model_label, serve
+
+    model = load_model(args.model)
+    feedback_db = None if args.no_feedback else (args.feedback_db or default_feedback_path())
+    config = ServiceConfig(
+        token=args.token,
+        feedback_db=feedback_db,
+        max_file_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=int(args.max_megapixels * 1_000_000),
+        max_files=args.max_files,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        model_name=model_label(model),
+    )
+
+    def ready(url: str) -> None:
+        auth = "bearer token required for /v1/" if (args.token or _env_token()) else "no token"
+        where = f"feedback in {feedback_db}" if feedback_db else "feedback off"
+        print(f"phototag serve: {config.model_name} at {url}  (docs {url}/docs; {auth}; {where})", flush=True)
+
+    serve(model, host=args.host, port=args.port, config=config, on_ready=ready, log_level="warning")
+    print("phototag serve: stopped", file=sys.stderr)
+    return 0
+
+
+def _env_token() -> str | None:
+    import os
+
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def register(subparsers) -> None:
+    defaults = ServiceConfig()
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over HTTP: JSON API (POST /v1/tag) and a web page",
+        description="Serve a model over HTTP: POST /v1/tag, GET /v1/tags, GET /healthz, docs at /docs, a web page "
+        "at /. Stops gracefully on Ctrl-C / SIGTERM. Needs the 'serve' extra: pip install \"phototag[serve]\".",
+    )
+    p.add_argument("model", nargs="?", default=None, help="model directory (default: the model shipped with phototag)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0 = any free port; default 8000)")
+    p.add_argument("--token", default=None, help=f"require 'Authorization: Bearer TOKEN' on /v1/ (or set ${TOKEN_ENV})")
+    p.add_argument(
+        "--feedback-db",
+        default=None,
+        help="SQLite file for the web page's accept/reject feedback "
+        "(default $PHOTOTAG_FEEDBACK_DB or ~/.local/share/phototag/feedback.sqlite)",
+    )
+    p.add_argument("--no-feedback", action="store_true", help="do not store feedback")
+    p.add_argument(
+        "--max-upload-mb", type=float, default=defaults.max_file_bytes / 1024 / 1024, help="largest image upload"
+    )
+    p.add_argument(
+        "--max-megapixels", type=float, default=defaults.max_pixels / 1e6, help="largest image (width x height)"
+    )
+    p.add_argument("--max-files", type=int, default=defaults.max_files, help="most images per request")
+    p.add_argument("--max-batch", type=int, default=defaults.max_batch, help="most images per model call")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=defaults.max_wait_ms, help="wait for more requests to batch together"
+    )
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,189 @@
+// phototag web page: upload photos to POST /v1/tag, show the suggested tags with confidence bars, record accept /
+// reject clicks through /v1/feedback, and collect the accepted tags as hashtags. Plain JS, no build step.
+"use strict";
+
+const state = { needsToken: false, feedback: false, photos: [] };
+const $ = (id) => document.getElementById(id);
+
+function token() {
+  const value = $("token").value.trim();
+  if (value) sessionStorage.setItem("phototag-token", value);
+  return value || sessionStorage.getItem("phototag-token") || "";
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  const t = token();
+  if (t) headers["Authorization"] = "Bearer " + t;
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  let body = null;
+  try { body = await response.json(); } catch (e) { body = null; }
+  if (!response.ok) {
+    if (response.status === 401) $("token-box").hidden = false;
+    throw new Error((body && body.detail) || response.statusText);
+  }
+  return body;
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "muted";
+}
+
+function hashtag(tag) {
+  return "#" + tag.replace(/[^\p{L}\p{N}_]+/gu, "");
+}
+
+function updateHashtags() {
+  const seen = new Set();
+  for (const photo of state.photos) {
+    for (const [tag, decision] of photo.decisions) if (decision === "accept") seen.add(hashtag(tag));
+  }
+  $("hashtags").value = [...seen].join(" ");
+}
+
+// The photo is stored once, on its first click; later clicks reuse the id.
+function storedImageId(photo) {
+  if (!photo.imageId) {
+    const form = new FormData();
+    form.append("file", photo.file, photo.file.name);
+    photo.imageId = api("/v1/feedback/images", { method: "POST", body: form }).then((r) => r.image_id);
+    photo.imageId.catch(() => { photo.imageId = null; });
+  }
+  return photo.imageId;
+}
+
+async function decide(photo, row, tag, score, clicked) {
+  const current = photo.decisions.get(tag) || "clear";
+  const decision = current === clicked ? "clear" : clicked;
+  photo.decisions.set(tag, decision);
+  row.classList.toggle("accepted", decision === "accept");
+  row.classList.toggle("rejected", decision === "reject");
+  row.dataset.decision = decision;
+  updateHashtags();
+  if (!state.feedback) return;
+  row.dataset.saved = "pending";
+  try {
+    const imageId = await storedImageId(photo);
+    const saved = await api("/v1/feedback", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ image_id: imageId, tag, decision, score }),
+    });
+    row.dataset.saved = String(saved.id);
+  } catch (err) {
+    row.dataset.saved = "error";
+    setStatus("Could not save feedback: " + err.message, true);
+  }
+}
+
+function renderTags(photo, card, tags) {
+  const list = card.querySelector(".tags");
+  list.textContent = "";
+  if (!tags.length) list.textContent = "No tag scored above the threshold.";
+  for (const { tag, score } of tags) {
+    const row = document.createElement("div");
+    row.className = "tag";
+    row.dataset.tag = tag;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = tag;
+    name.title = tag;
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = Math.round(Math.max(0, Math.min(1, score)) * 100) + "%";
+    bar.append(fill);
+    const value = document.createElement("span");
+    value.className = "score";
+    value.textContent = (score * 100).toFixed(0) + "%";
+    const accept = document.createElement("button");
+    accept.className = "accept";
+    accept.type = "button";
+    accept.title = "accept " + tag;
+    accept.textContent = "✓";
+    accept.addEventListener("click", () => decide(photo, row, tag, score, "accept"));
+    const reject = document.createElement("button");
+    reject.className = "reject";
+    reject.type = "button";
+    reject.title = "reject " + tag;
+    reject.textContent = "✗";
+    reject.addEventListener("click", () => decide(photo, row, tag, score, "reject"));
+    row.append(name, bar, value, accept, reject);
+    list.append(row);
+  }
+}
+
+async function tagPhoto(file) {
+  const photo = { file, decisions: new Map(), imageId: null };
+  state.photos.push(photo);
+  const card = document.createElement("article");
+  card.className = "photo";
+  const img = document.createElement("img");
+  img.alt = file.name;
+  img.src = URL.createObjectURL(file);
+  const body = document.createElement("div");
+  const title = document.createElement("h3");
+  title.textContent = file.name;
+  const tags = document.createElement("div");
+  tags.className = "tags";
+  tags.textContent = "tagging…";
+  body.append(title, tags);
+  card.append(img, body);
+  $("results").prepend(card);
+  const form = new FormData();
+  form.append("files", file, file.name);
+  const topK = parseInt($("top-k").value, 10);
+  const query = Number.isFinite(topK) && topK > 0 ? "?top_k=" + topK : "";
+  try {
+    const [prediction] = await api("/v1/tag" + query, { method: "POST", body: form });
+    renderTags(photo, card, prediction.tags);
+    card.dataset.state = "tagged";
+  } catch (err) {
+    tags.textContent = err.message;
+    tags.className = "tags error";
+    card.dataset.state = "error";
+  }
+}
+
+async function handleFiles(files) {
+  const images = [...files].filter((f) => f.type.startsWith("image/"));
+  if (!images.length) { setStatus("Those files are not images.", true); return; }
+  setStatus(`Tagging ${images.length} photo(s)…`);
+  await Promise.all(images.map(tagPhoto));
+  setStatus(`Tagged ${images.length} photo(s).`);
+}
+
+async function init() {
+  try {
+    const config = await (await fetch("/config.json")).json();
+    state.needsToken = config.needs_token;
+    state.feedback = config.feedback;
+    $("token-box").hidden = !config.needs_token;
+    $("model").textContent = "model: " + config.model + (config.feedback ? "" : " (feedback off)");
+  } catch (err) {
+    setStatus("Cannot reach the server: " + err.message, true);
+  }
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    handleFiles(e.dataTransfer.files);
+  });
+  $("files").addEventListener("change", (e) => { handleFiles(e.target.files); e.target.value = ""; });
+  $("copy").addEventListener("click", async () => {
+    const text = $("hashtags").value;
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (err) {
+      $("hashtags").select();
+      document.execCommand("copy");
+    }
+    $("copied").textContent = text ? "copied" : "nothing to copy";
+  });
+  document.body.dataset.ready = "true";
+}
+
+init();
