@@ -193,6 +193,10 @@ def cmd_tag(args: argparse.Namespace) -> int:
             raise CLIError("No example photos found: install scikit-image or scikit-learn, or give PATH arguments.")
     if not args.paths:
         raise CLIError("Give image files or folders to tag (or --examples to tag the bundled sample photos).")
+    if args.write:
+        from .commands.library import write_library_keywords
+
+        return write_library_keywords(load_model(args.model), args)
     return _predict_and_print(load_model(args.model), args)
 
 
@@ -288,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=None, help="use this model directory instead of the default")
     _add_decision_options(p)
+    from .commands.library import add_library_options
+
+    add_library_options(p, required=False)
     p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("evaluate", help="all metrics of a model on a dataset split")
