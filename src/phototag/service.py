@@ -156,9 +156,11 @@ class MicroBatcher:
     async def _run(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
+        held = None  # a request that would have overflowed the previous batch: it starts the next one
         stopping = False
         while not stopping:
-            first = await self._queue.get()
+            first = held if held is not None else await self._queue.get()
+            held = None
             if first is None:
                 break
             batch = [first]
@@ -178,17 +180,20 @@ class MicroBatcher:
                 if nxt is None:
                     stopping = True
                     break
+                if size + len(nxt[0]) > self.max_batch:
+                    held = nxt
+                    break
                 batch.append(nxt)
                 size += len(nxt[0])
             await self._score_batch(loop, batch)
         # Requests queued behind the stop marker still get their answer.
-        rest = []
+        rest = [held] if held is not None else []
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if item is not None:
                 rest.append(item)
-        if rest:
-            await self._score_batch(loop, rest)
+        for start in range(0, len(rest), self.max_batch):
+            await self._score_batch(loop, rest[start : start + self.max_batch])
 
     async def _score_batch(self, loop: asyncio.AbstractEventLoop, batch: list) -> None:
         items = [item for request, _ in batch for item in request]

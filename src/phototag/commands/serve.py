@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..service import TOKEN_ENV, ServiceConfig
 
@@ -31,8 +30,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         where = f"feedback in {feedback_db}" if feedback_db else "feedback off"
         print(f"phototag serve: {config.model_name} at {url}  (docs {url}/docs; {auth}; {where})", flush=True)
 
+    # SIGINT / SIGTERM: uvicorn finishes in-flight requests, the app drains its batch queue, then uvicorn re-raises
+    # the signal (exit status 130 / 143, as for any signalled process).
     serve(model, host=args.host, port=args.port, config=config, on_ready=ready, log_level="warning")
-    print("phototag serve: stopped", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,269 @@
+"""The HTTP service against a real uvicorn server on 127.0.0.1, with the shipped default model."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason='the service needs the "serve" extra')
+pytest.importorskip("uvicorn", reason='the service needs the "serve" extra')
+
+from live_server import post_files, post_json, request, running_server  # noqa: E402
+from phototag.cli import example_images  # noqa: E402
+from phototag.service import MicroBatcher, ServiceConfig, create_app  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    from phototag.model import load_model
+
+    return load_model(None)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[Path]:
+    """Three real photos (scikit-image / scikit-learn samples) saved as JPEG and PNG."""
+    found = [p for p in example_images() if p.suffix in (".png", ".jpg")][:3]
+    if len(found) < 3:
+        pytest.skip("sample photos from scikit-image / scikit-learn are not installed")
+    out = tmp_path_factory.mktemp("service-photos")
+    paths = []
+    for i, source in enumerate(found):
+        target = out / f"photo{i}{'.jpg' if i % 2 else '.png'}"
+        Image.open(source).convert("RGB").save(target)
+        paths.append(target)
+    return paths
+
+
+def upload(path: Path, field: str = "files") -> tuple[str, str, bytes, str]:
+    kind = "image/png" if path.suffix == ".png" else "image/jpeg"
+    return field, path.name, path.read_bytes(), kind
+
+
+@pytest.fixture(scope="module")
+def server(default_model, tmp_path_factory):
+    db = tmp_path_factory.mktemp("feedback") / "feedback.sqlite"
+    app = create_app(default_model, ServiceConfig(feedback_db=db, max_wait_ms=20))
+    with running_server(app) as url:
+        yield url, db
+
+
+def test_tag_has_predict_jsonl_shape_and_values(server, photos, default_model):
+    url, _ = server
+    status, body, _ = post_files(f"{url}/v1/tag?top_k=5", [upload(p) for p in photos])
+    assert status == 200, body
+    expected, failures = default_model.predict(photos, top_k=5)
+    assert not failures
+    assert [b["image"] for b in body] == [p.name for p in photos]
+    for got, want in zip(body, expected, strict=True):
+        assert set(got) == {"image", "tags"}
+        assert [t["tag"] for t in got["tags"]] == [t["tag"] for t in want["tags"]]
+        np.testing.assert_allclose([t["score"] for t in got["tags"]], [t["score"] for t in want["tags"]], atol=2e-3)
+
+
+def test_threshold_and_default_rule(server, photos):
+    url, _ = server
+    status, body, _ = post_files(f"{url}/v1/tag?threshold=0.15", [upload(photos[0])])
+    assert status == 200
+    scores = [t["score"] for t in body[0]["tags"]]
+    assert all(s >= 0.15 for s in scores) and scores == sorted(scores, reverse=True)
+    status, body, _ = post_files(f"{url}/v1/tag", [upload(photos[0])])
+    assert status == 200
+    assert len(body[0]["tags"]) <= 15 and all(t["score"] >= 0.3 for t in body[0]["tags"])
+
+
+def test_vocabulary_healthz_and_docs(server, default_model):
+    url, _ = server
+    status, body, _ = request(f"{url}/v1/tags")
+    assert status == 200 and body["tags"] == default_model.tags and body["n_tags"] == 260
+    status, health, _ = request(f"{url}/healthz")
+    assert status == 200 and health["status"] == "ok" and health["model"] == "mlp@default_model"
+    status, schema, _ = request(f"{url}/openapi.json")
+    assert status == 200 and {"/v1/tag", "/v1/tags", "/healthz", "/v1/feedback"} <= set(schema["paths"])
+    status, page, _ = request(f"{url}/docs")
+    assert status == 200 and "swagger" in page.lower()
+
+
+def test_bad_requests_get_clear_json_errors(server, photos):
+    url, _ = server
+    status, body, _ = post_files(f"{url}/v1/tag", [("files", "notes.txt", b"hello", "text/plain")])
+    assert status == 415 and body["error"] == "unsupported_media_type" and "notes.txt" in body["detail"]
+    status, body, _ = post_files(f"{url}/v1/tag", [("files", "broken.jpg", b"\xff\xd8not a jpeg", "image/jpeg")])
+    assert status == 422 and body["error"] == "bad_image" and "broken.jpg" in body["detail"]
+    status, body, _ = post_files(f"{url}/v1/tag?top_k=0", [upload(photos[0])])
+    assert status == 422 and body["error"] == "invalid_request" and "top_k" in body["detail"]
+    status, body, _ = post_files(f"{url}/v1/tag", [], fields=[("user_tags", "beach")])
+    assert status == 422 and "files" in body["detail"]
+    status, body, _ = post_files(
+        f"{url}/v1/tag",
+        [upload(photos[0]), upload(photos[1])],
+        fields=[("user_tags", "a"), ("user_tags", "b"), ("user_tags", "c")],
+    )
+    assert status == 422 and "3 user_tags values for 2 images" in body["detail"]
+    status, body, _ = request(f"{url}/v1/nothing")
+    assert status == 404 and body["error"] == "not_found"
+
+
+def test_limits_and_token(default_model, photos, monkeypatch):
+    monkeypatch.setenv("PHOTOTAG_TOKEN", "s3cret")
+    config = ServiceConfig(max_file_bytes=200_000, max_pixels=300 * 300, max_files=2, max_request_bytes=1_000_000)
+    app = create_app(default_model, config)
+    auth = {"Authorization": "Bearer s3cret"}
+    small = io.BytesIO()
+    Image.new("RGB", (200, 100), (10, 120, 200)).save(small, format="PNG")
+    large = io.BytesIO()
+    Image.new("RGB", (400, 400), (10, 120, 200)).save(large, format="PNG")
+    noisy = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (290, 290, 3), dtype=np.uint8)).save(noisy, "PNG")
+    assert len(noisy.getvalue()) > 200_000
+    with running_server(app) as url:
+        status, body, headers = post_files(f"{url}/v1/tag", [("files", "a.png", small.getvalue(), "image/png")])
+        assert status == 401 and body["error"] == "unauthorized" and headers.get("www-authenticate") == "Bearer"
+        status, _, _ = post_files(
+            f"{url}/v1/tag", [("files", "a.png", small.getvalue(), "image/png")], headers={"Authorization": "Bearer x"}
+        )
+        assert status == 401
+        assert request(f"{url}/healthz")[0] == 200  # no token needed
+        status, body, _ = post_files(f"{url}/v1/tag", [("files", "a.png", small.getvalue(), "image/png")], headers=auth)
+        assert status == 200 and body[0]["image"] == "a.png"
+        status, body, _ = post_files(
+            f"{url}/v1/tag", [("files", "big.png", large.getvalue(), "image/png")], headers=auth
+        )
+        assert status == 413 and "160,000 pixels" in body["detail"]
+        status, body, _ = post_files(f"{url}/v1/tag", [("files", "n.png", noisy.getvalue(), "image/png")], headers=auth)
+        assert status == 413 and "200,000 bytes" in body["detail"]
+        three = [("files", f"{i}.png", small.getvalue(), "image/png") for i in range(3)]
+        status, body, _ = post_files(f"{url}/v1/tag", three, headers=auth)
+        assert status == 413 and body["error"] == "too_many_files"
+        status, body, _ = request(
+            f"{url}/v1/tag",
+            method="POST",
+            body=b"x" * 1_000_001,
+            content_type="multipart/form-data; boundary=b",
+            headers=auth,
+        )
+        assert status == 413 and "1,000,000" in body["detail"]
+
+
+def test_concurrent_requests_each_get_their_own_answer(server, photos, default_model):
+    url, _ = server
+    expected = {p.name: default_model.predict([p], top_k=3)[0][0]["tags"] for p in photos}
+    results: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        photo = photos[i % len(photos)]
+        results[i] = post_files(f"{url}/v1/tag?top_k=3", [upload(photo)])
+
+    before = request(f"{url}/healthz")[1]
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    after = request(f"{url}/healthz")[1]
+    assert len(results) == 9
+    for i, (status, body, _) in results.items():
+        photo = photos[i % len(photos)]
+        assert status == 200 and body[0]["image"] == photo.name
+        assert [t["tag"] for t in body[0]["tags"]] == [t["tag"] for t in expected[photo.name]]
+    assert after["images_scored"] - before["images_scored"] == 9
+    assert after["batches"] - before["batches"] <= 9
+
+
+def test_microbatcher_groups_queued_requests_and_drains_on_close():
+    sizes: list[int] = []
+
+    def score(items):
+        sizes.append(len(items))
+        time.sleep(0.01)
+        return np.asarray(items, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+
+    async def scenario():
+        batcher = MicroBatcher(score, max_batch=8, max_wait_ms=50)
+        await batcher.start()
+        requests = [[1.0], [2.0, 3.0], [4.0], [5.0, 6.0, 7.0], [8.0, 9.0], [10.0]]
+        results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+        # Submitted after close() began: still answered before the batcher stops.
+        late = asyncio.ensure_future(batcher.submit([11.0]))
+        await asyncio.sleep(0)
+        await batcher.close()
+        return requests, results, await late, batcher
+
+    requests, results, late, batcher = asyncio.run(scenario())
+    for request_items, result in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(result[:, 0], request_items)
+    np.testing.assert_array_equal(late[:, 0], [11.0])
+    # 10 images queued together: one full batch of 8 requests' worth (<= max_batch unless a request is larger).
+    assert sizes[:2] == [7, 3] and sum(sizes) == 11
+    assert batcher.batches == len(sizes) and batcher.items == 11
+
+
+def test_feedback_api_and_export(server, photos, tmp_path):
+    from phototag.data import Dataset
+    from phototag.feedback import FeedbackStore, feedback_to_dataset
+
+    url, db = server
+    status, body, _ = post_files(
+        f"{url}/v1/feedback/images", [upload(photos[1], "file")], fields=[("user_tags", "my cat")]
+    )
+    assert status == 200
+    image_id = body["image_id"]
+    assert (
+        post_json(f"{url}/v1/feedback", {"image_id": image_id, "tag": "cat", "decision": "accept", "score": 0.8})[0]
+        == 200
+    )
+    assert post_json(f"{url}/v1/feedback", {"image_id": image_id, "tag": "tiger", "decision": "reject"})[0] == 200
+    status, body, _ = post_json(f"{url}/v1/feedback", {"image_id": "0" * 40, "tag": "cat", "decision": "accept"})
+    assert status == 404 and body["error"] == "unknown_image"
+    status, body, _ = post_json(f"{url}/v1/feedback", {"image_id": image_id, "tag": "cat", "decision": "maybe"})
+    assert status == 422 and "decision" in body["detail"]
+    with FeedbackStore(db) as store:
+        rows = [r for r in store.decisions() if r["image_id"] == image_id]
+    assert [(r["tag"], r["decision"], r["model"]) for r in rows] == [
+        ("cat", "accept", "mlp@default_model"),
+        ("tiger", "reject", "mlp@default_model"),
+    ]
+    dataset, report = feedback_to_dataset(db, tmp_path / "fb")
+    record = next(r for r in Dataset.load(tmp_path / "fb").records if r.meta["sha1"] == image_id)
+    assert record.tags == ["cat"] and record.meta["rejected"] == ["tiger"] and record.user_tags == ["my", "cat"]
+    assert (tmp_path / "fb" / "images" / record.file).read_bytes() == photos[1].read_bytes()
+    assert report["exported"] >= 1
+
+
+def test_serve_command_default_model_and_graceful_stop(photos, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PHOTOTAG_FEEDBACK_DB": str(tmp_path / "fb.sqlite")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "phototag.cli", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = process.stdout.readline()  # printed once the socket is listening
+        assert "mlp@default_model at http://127.0.0.1:" in line, (line, process.stderr.read() if process.poll() else "")
+        url = line.split(" at ")[1].split()[0]
+        status, body, _ = post_files(f"{url}/v1/tag?top_k=2", [upload(photos[0])])  # waits for start-up
+        assert status == 200 and len(body[0]["tags"]) == 2
+        process.send_signal(signal.SIGTERM)
+        # uvicorn re-raises the signal after its graceful shutdown, so the exit status is the signal's.
+        assert process.wait(30) in (0, -signal.SIGTERM)
+        assert "stopped after 1 batches (1 images)" in process.stderr.read()
+        assert (tmp_path / "fb.sqlite").is_file()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
