@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 import time
@@ -10,6 +11,14 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
+
+
+@functools.cache
+def shared_default_model():
+    """The shipped default model, loaded once per test session (the service tests only read it)."""
+    from phototag.model import load_model
+
+    return load_model(None)
 
 
 @contextlib.contextmanager

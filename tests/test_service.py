@@ -19,7 +19,7 @@ from PIL import Image
 pytest.importorskip("fastapi", reason='the service needs the "serve" extra')
 pytest.importorskip("uvicorn", reason='the service needs the "serve" extra')
 
-from live_server import post_files, post_json, request, running_server  # noqa: E402
+from live_server import post_files, post_json, request, running_server, shared_default_model  # noqa: E402
 from phototag.cli import example_images  # noqa: E402
 from phototag.service import MicroBatcher, ServiceConfig, create_app  # noqa: E402
 
@@ -28,9 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def default_model():
-    from phototag.model import load_model
-
-    return load_model(None)
+    return shared_default_model()
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +241,7 @@ def test_feedback_api_and_export(server, photos, tmp_path):
     assert report["exported"] >= 1
 
 
+@pytest.mark.slow
 def test_serve_command_default_model_and_graceful_stop(photos, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PHOTOTAG_FEEDBACK_DB": str(tmp_path / "fb.sqlite")}
     process = subprocess.Popen(
