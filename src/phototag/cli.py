@@ -193,6 +193,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
             raise CLIError("No example photos found: install scikit-image or scikit-learn, or give PATH arguments.")
     if not args.paths:
         raise CLIError("Give image files or folders to tag (or --examples to tag the bundled sample photos).")
+    if args.dry_run and not args.write:
+        raise CLIError("--dry-run shows what --write would change; add --write xmp or --write embedded.")
     if args.write:
         from .commands.library import write_library_keywords
 
