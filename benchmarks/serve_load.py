@@ -115,7 +115,7 @@ def run_level(url: str, uploads, *, concurrency: int, n_requests: int, max_secon
 def summarise(rows: list[dict]) -> list[dict]:
     """Median over rounds of each (server, concurrency) measurement; request and error counts are summed."""
     table = []
-    for key in dict.fromkeys((r["server"], r["concurrency"]) for r in rows):
+    for key in sorted(dict.fromkeys((r["server"], r["concurrency"]) for r in rows), key=lambda k: (k[1], k[0])):
         group = [r for r in rows if (r["server"], r["concurrency"]) == key]
         summary = {"server": key[0], "concurrency": key[1], "rounds": len(group)}
         summary["requests"] = sum(r["requests"] for r in group)
@@ -138,31 +138,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     uploads = sample_uploads()
     settings = [("batched (max 16)", 16)] + ([] if args.no_unbatched else [("unbatched (max 1)", 1)])
-    servers = {}
     rows = []
-    try:
-        for label, max_batch in settings:
-            servers[label] = start_server(args.model, max_batch)
-            run_level(servers[label][1], uploads, concurrency=2, n_requests=6, max_seconds=30)  # first-call costs
-        # Interleaved (round, level, server), so load from elsewhere on the machine hits both servers alike.
-        for round_no in range(args.rounds):
-            for concurrency in args.concurrency:
-                for label, (_, url) in servers.items():
+    # One server at a time; rounds alternate the servers, so load from elsewhere on the machine hits both alike.
+    for round_no in range(args.rounds):
+        for label, max_batch in settings if round_no % 2 == 0 else settings[::-1]:
+            process, url = start_server(args.model, max_batch)
+            try:
+                run_level(url, uploads, concurrency=2, n_requests=6, max_seconds=30)  # first-call costs
+                for concurrency in args.concurrency:
                     row = run_level(
                         url, uploads, concurrency=concurrency, n_requests=args.requests, max_seconds=args.max_seconds
                     )
                     rows.append({"server": label, "round": round_no, **row})
                     print(json.dumps(rows[-1]), file=sys.stderr)
-    finally:
-        for process, _ in servers.values():
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            finally:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
     table = summarise(rows)
     header = "| server | concurrency | requests | req/s | p50 ms | p99 ms | mean batch | errors |"
-    print(f"median of {args.rounds} interleaved round(s)")
+    print(f"median of {args.rounds} round(s), servers alternating")
     print(header + "\n|---|---|---|---|---|---|---|---|")
     for r in table:
         print(

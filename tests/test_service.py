@@ -263,3 +263,21 @@ def test_serve_command_default_model_and_graceful_stop(photos, tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def test_a_failing_model_gives_a_json_500_and_the_server_keeps_serving(default_model, photos):
+    """A model directory whose method expects other features: the request fails cleanly, the batcher survives."""
+    from phototag.methods import create_method
+    from phototag.model import TagModel
+    from phototag.vocab import TagVocabulary
+
+    rng = np.random.default_rng(0)
+    method = create_method("knn").fit({"features": rng.normal(size=(6, 16)).astype(np.float32)}, np.eye(6, 2))
+    vocab = TagVocabulary().fit([["a"], ["b"]])
+    broken = TagModel(method, vocab, backbone_spec=default_model.backbone_spec)
+    broken._backbone = default_model.backbone()  # same real backbone (1280-d features), no second load
+    with running_server(create_app(broken)) as url:
+        for _ in range(2):
+            status, body, _ = post_files(f"{url}/v1/tag", [upload(photos[0])])
+            assert status == 500 and body["error"] == "internal_error"
+        assert request(f"{url}/healthz")[1]["status"] == "ok"

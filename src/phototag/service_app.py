@@ -114,6 +114,11 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
         codes = {404: "not_found", 405: "method_not_allowed"}
         return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.headers)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("phototag serve: %s %s failed", request.method, request.url.path)
+        return error(500, "internal_error", f"The server failed on this request ({type(exc).__name__}: {exc}).")
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         """Bearer token for /v1/..., and the request-size limit before any body is read."""
