@@ -71,3 +71,18 @@ def test_export_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="none with an accepted tag"):
         feedback_to_dataset(db, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_feedback_command_summary_and_export(tmp_path, capsys):
+    from phototag.cli import main
+
+    db = tmp_path / "feedback.sqlite"
+    with FeedbackStore(db) as store:
+        store.add_decision(store.add_image(png((0, 0, 200)), name="b.png", content_type="image/png"), "blue", "accept")
+    assert main(["feedback", "summary", str(db)]) == 0
+    assert '"images": 1, "decisions": 1' in capsys.readouterr().out
+    assert main(["feedback", "export", str(db), "--out", str(tmp_path / "ds")]) == 0
+    assert "1 photo(s) with 1 accepted tag(s)" in capsys.readouterr().out
+    assert Dataset.load(tmp_path / "ds").records[0].tags == ["blue"]
+    assert main(["feedback", "export", str(tmp_path / "nope.sqlite"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err

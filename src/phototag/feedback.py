@@ -261,7 +261,7 @@ def feedback_to_dataset(
     """
     from .data import Dataset, ImageRecord
 
-    store = db if isinstance(db, FeedbackStore) else FeedbackStore(_existing_db(db))
+    store = db if isinstance(db, FeedbackStore) else FeedbackStore(existing_feedback_db(db))
     try:
         examples = store.examples()
         usable = [e for e in examples if e.accepted]
@@ -314,7 +314,8 @@ def feedback_to_dataset(
             store.close()
 
 
-def _existing_db(path: str | os.PathLike) -> Path:
+def existing_feedback_db(path: str | os.PathLike) -> Path:
+    """``path`` as a Path; ``FileNotFoundError`` naming how the database is made when it does not exist."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
