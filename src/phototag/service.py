@@ -11,7 +11,8 @@ Endpoints (FastAPI; OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
 - ``GET /`` — the web page (static files in ``phototag/web/``).
 
 Concurrent requests are scored together: each request's decoded images go to a :class:`MicroBatcher`, which runs
-one model call per batch on a worker thread, so N single-photo requests cost about one batched forward pass.
+one model call per batch on a worker thread, so N queued single-photo requests become one model call (a GPU's
+throughput comes from such batches; on a CPU it mainly keeps queued requests served in arrival order).
 Errors are JSON ``{"error": code, "detail": message}`` with a 4xx status; a bearer token, when set, guards the API
 (``/v1/...``); the page shell, ``/docs`` and ``/healthz`` hold no data and stay open so a browser can load them.
 """
@@ -50,14 +51,14 @@ class ServiceConfig:
     """Limits and switches of the service (``phototag serve`` flags fill it in)."""
 
     max_file_bytes: int = 20 * 1024 * 1024  # largest accepted upload per image (413 above)
-    max_request_bytes: int = 64 * 1024 * 1024  # largest request body (413 above, checked while streaming)
+    max_request_bytes: int = 64 * 1024 * 1024  # largest request body (413 from Content-Length, before reading it)
     max_files: int = 16  # most images per POST /v1/tag request (413 above)
     max_pixels: int = 40_000_000  # decompression-bomb guard: width x height per image (413 above)
     max_batch: int = 16  # most images scored in one model call
     max_wait_ms: float = 5.0  # how long the batcher waits for more requests once one is queued
     token: str | None = None  # bearer token for /v1/...; None = open
     feedback_db: str | os.PathLike | None = None  # SQLite file for the web page's feedback; None = feedback off
-    model_name: str = "model"  # shown by /healthz and stored with each feedback click
+    model_name: str = "model"  # shown by /healthz, stored with each click; "model" = method@directory of the model
 
 
 class ServiceError(Exception):
