@@ -51,8 +51,14 @@ DATA = next(
 )
 RESULTS = REPO / "benchmarks" / "results"
 SEEDS = (0, 1, 2)
-#: Shared CPU: fewer epochs than the method's defaults, still with early stopping on validation mAP.
-TRAINING = {"max_epochs": 40, "patience": 4}
+#: Shared 2-core CPU: training settings per experiment (early stopping on validation mAP throughout).
+TRAINING = {
+    "mirflickr": {"max_epochs": 30, "patience": 5, "batch_size": 256},
+    "harrison": {"max_epochs": 30, "patience": 5, "batch_size": 256},
+    # image_dropout 0.8 for every mode with an image (image-only is also run without it): without it the image
+    # pathway memorises the 3,600 training photos and the joint model barely uses the user tags (see docs).
+    "corel5k": {"max_epochs": 60, "patience": 10, "batch_size": 128, "image_dropout": 0.8},
+}
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -65,7 +71,7 @@ def show(stat: dict[str, float], digits: int = 3) -> str:
 
 
 def fit_contextual(config: dict[str, Any], seed: int, train: dict, y: np.ndarray, val: dict, yv: np.ndarray, names):
-    method = create_method("contextual", {**TRAINING, **config, "seed": seed})
+    method = create_method("contextual", {**config, "seed": seed})
     start = time.perf_counter()
     method.fit(train, y, val_inputs=val, val_targets=yv, progress=False, tag_names=names)
     return method, time.perf_counter() - start
@@ -84,11 +90,8 @@ MIRFLICKR_CONFIGS: dict[str, dict[str, Any] | None] = {
     "most_likely": None,
     "contextual max (threshold 2)": {"mode": "tags", "pooling": "max"},
     "contextual avg (threshold 2)": {"mode": "tags", "pooling": "avg"},
-    "contextual max, threshold 1": {"mode": "tags", "pooling": "max", "tag_threshold": 1},
     "contextual max, threshold 20": {"mode": "tags", "pooling": "max", "tag_threshold": 20},
-    "contextual max, threshold 100": {"mode": "tags", "pooling": "max", "tag_threshold": 100},
     "contextual max, tag limit 5": {"mode": "tags", "pooling": "max", "tag_limit": 5},
-    "contextual max, tag limit 10": {"mode": "tags", "pooling": "max", "tag_limit": 10},
 }
 
 
@@ -111,7 +114,13 @@ def run_mirflickr(args: argparse.Namespace) -> dict[str, Any]:
                 extra = {}
             else:
                 method, _ = fit_contextual(
-                    config, seed, inputs["train"], targets["train"], inputs["val"], targets["val"], labels
+                    {**TRAINING["mirflickr"], **config},
+                    seed,
+                    inputs["train"],
+                    targets["train"],
+                    inputs["val"],
+                    targets["val"],
+                    labels,
                 )
                 extra = {"user_vocabulary": len(method.user_vocab_), "best_epoch": method.best_epoch_}
             scores = method.score(inputs["test"])
@@ -148,7 +157,7 @@ def run_mirflickr(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "experiment": "mirflickr",
         "seeds": list(args.seeds),
-        "training": TRAINING,
+        "training": TRAINING["mirflickr"],
         "summary": summary,
         "runs": runs,
     }
@@ -228,7 +237,7 @@ def run_harrison(args: argparse.Namespace) -> dict[str, Any]:
         }
         for name, pooling in ((names[2], "max"), (names[3], "avg")):
             method, _ = fit_contextual(
-                {"mode": "tags", "pooling": pooling, "tag_threshold": 1},
+                {**TRAINING["harrison"], "mode": "tags", "pooling": pooling, "tag_threshold": 1},
                 seed,
                 inputs["train"],
                 targets["train"],
@@ -256,7 +265,7 @@ def run_harrison(args: argparse.Namespace) -> dict[str, Any]:
         "max_train": args.max_train,
         "posts": counts,
         "seeds": list(args.seeds),
-        "training": TRAINING,
+        "training": TRAINING["harrison"],
         "summary": summary,
         "runs": runs,
     }
@@ -306,7 +315,7 @@ def run_corel5k(args: argparse.Namespace) -> dict[str, Any]:
     row_of = {r.id: i for i, r in enumerate(dataset.records)}
     frequent = sorted(vocab.tags_, key=lambda t: -vocab.counts_[t])[:50]
     levels = {f"drop {d:.0%}, add {a:g}": (d, a) for d, a in args.noise}
-    names = ["image only"] + [
+    names = ["image only", "image only, image_dropout 0.8"] + [
         f"{mode} [{level}]" for level in levels for mode in ("user tags as given", "tags only", "image+tags")
     ]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
@@ -324,16 +333,12 @@ def run_corel5k(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  seed {seed} {name:<40} F1@5 {metrics['tag@5_f1']:.3f} mAP {metrics['map']:.3f}", file=sys.stderr)
 
         image_only = {p: {"features": feats[p]} for p in parts}
-        method, seconds = fit_contextual(
-            {"mode": "image"},
-            seed,
-            image_only["train"],
-            targets["train"],
-            image_only["val"],
-            targets["val"],
-            vocab.tags_,
-        )
-        record("image only", method.score(image_only["test"]), seconds)
+        for name, image_dropout in (("image only", 0.0), ("image only, image_dropout 0.8", 0.8)):
+            config = {**TRAINING["corel5k"], "mode": "image", "image_dropout": image_dropout}
+            method, seconds = fit_contextual(
+                config, seed, image_only["train"], targets["train"], image_only["val"], targets["val"], vocab.tags_
+            )
+            record(name, method.score(image_only["test"]), seconds)
         for level, (drop, add) in levels.items():
             rng = np.random.default_rng(1000 + seed)
             user = {
@@ -347,8 +352,9 @@ def run_corel5k(args: argparse.Namespace) -> dict[str, Any]:
             record(f"user tags as given [{level}]", given + 1e-3 * prior)
             for mode in ("tags", "image+tags"):
                 inputs = {p: {"features": feats[p], "user_tags": user[p]} for p in parts}
+                config = {**TRAINING["corel5k"], "mode": mode}
                 method, seconds = fit_contextual(
-                    {"mode": mode}, seed, inputs["train"], targets["train"], inputs["val"], targets["val"], vocab.tags_
+                    config, seed, inputs["train"], targets["train"], inputs["val"], targets["val"], vocab.tags_
                 )
                 label = "tags only" if mode == "tags" else mode
                 record(f"{label} [{level}]", method.score(inputs["test"]), seconds)
@@ -376,7 +382,7 @@ def run_corel5k(args: argparse.Namespace) -> dict[str, Any]:
         "noise": {level: {"drop": d, "add_poisson_mean": a} for level, (d, a) in levels.items()},
         "user_tag_rates_test": rate_summary,
         "seeds": list(args.seeds),
-        "training": TRAINING,
+        "training": TRAINING["corel5k"],
         "summary": summary,
         "runs": runs,
     }
@@ -394,12 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
     parser.add_argument("--hide", type=float, default=0.5, help="harrison: share of each post's hashtags hidden")
-    parser.add_argument("--max-train", type=int, default=20000, help="harrison: training posts used (0 = all)")
+    parser.add_argument("--max-train", type=int, default=10000, help="harrison: training posts used (0 = all)")
     parser.add_argument(
         "--noise",
         type=parse_noise,
         nargs="+",
-        default=[(0.5, 1.0), (0.8, 2.0)],
+        default=[(0.5, 1.0)],
         metavar="DROP,ADD",
         help="corel5k: noise levels (drop probability of a true word, mean number of random frequent words added)",
     )

@@ -153,7 +153,8 @@ def test_text_initialised_embeddings_are_the_tag_vectors():
     from phototag.text import embed_tags
 
     x, tags, y = colour_task(40, seed=0)
-    model = create_method("contextual", mode="tags", embedding_init="text", epochs_without_val=1, lr=1e-12)
+    config = {"mode": "tags", "embedding_init": "text", "epochs_without_val": 1, "lr": 1e-12, "embedding_lr": 1e-12}
+    model = create_method("contextual", config)
     model.fit({"user_tags": tags}, y, progress=False)
     table = model.net_.embedding.weight.detach().numpy()
     assert model.embedding_dim_ == 384
@@ -255,3 +256,26 @@ def test_cli_batch_input_csv(image_tag_model, synthetic_photos, tmp_path, capsys
     no_tags.write_text(f"file\n{files[0]}\n")
     assert main(["-q", "predict", str(image_tag_model), "--input", str(no_tags)]) == 2
     assert "'user_tags' column is needed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mirflickr_labels_from_user_tags_beat_most_likely(shared_data):
+    """Real data: the 24 MIRFLICKR-25K labels from the user-tag bag alone (a 6,000-image slice keeps it fast)."""
+    from phototag.importers import import_mirflickr
+
+    dataset = import_mirflickr(shared_data / "mirflickr25k", seed=0)
+    vocab = dataset.fit_vocab()
+    train_records, test_records = dataset.split("train")[:6000], dataset.split("test")
+    inputs = {"user_tags": [r.user_tags for r in train_records]}
+    targets = vocab.transform([r.tags for r in train_records])
+    test_inputs = {"user_tags": [r.user_tags for r in test_records]}
+    test_targets = vocab.transform([r.tags for r in test_records])
+    contextual = create_method("contextual", mode="tags", epochs_without_val=8, batch_size=256).fit(
+        inputs, targets, progress=False
+    )
+    baseline = create_method("most_likely").fit(inputs, targets, progress=False)
+    context_map = mean_average_precision(test_targets, contextual.score(test_inputs))
+    baseline_map = mean_average_precision(test_targets, baseline.score(test_inputs))
+    # A constant score's AP is the label's prevalence; the user tags carry far more than that.
+    assert baseline_map == pytest.approx(test_targets.mean(axis=0).mean(), abs=1e-6)
+    assert context_map > baseline_map + 0.2

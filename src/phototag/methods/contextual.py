@@ -59,12 +59,16 @@ class ContextualConfig:
     lemmatize: bool = False  # lemmatise user tags (HARRISON-style; needs the extra "lemma")
     embedding_init: str = "random"  # "random", or "text": the tag names' all-MiniLM-L6-v2 vectors (extra "text")
     tag_dropout: float = 0.1  # training only: each user tag of an image is hidden with this probability
+    image_dropout: float = 0.0  # dropout on the standardised image features (limits memorising training photos by
+    # their features alone, which otherwise leaves the user tags unused)
     layers: int = 1  # number n of fully connected ReLU layers after the concatenation
     hidden: int = 512  # units q of each fully connected layer
     dropout: float = 0.5  # dropout after each fully connected layer
     pos_weight: float | str = "auto"  # BCE weight of positives: a number, or "auto" = sqrt(neg/pos) per target
     max_pos_weight: float = 30.0  # cap on the per-target "auto" weight
-    lr: float = 1e-3  # Adam learning rate
+    lr: float = 1e-3  # Adam learning rate of the fully connected layers
+    embedding_lr: float = 1e-2  # Adam learning rate of the user-tag embeddings (each row is updated only when its
+    # tag occurs, so it needs larger steps; with the FC rate the image pathway converges long before the tag pathway)
     weight_decay: float = 1e-5  # Adam L2 penalty
     batch_size: int = 128  # images per step
     max_epochs: int = 100  # upper bound on epochs
@@ -87,6 +91,7 @@ class _ContextualNet(nn.Module):
         layers: int,
         hidden: int,
         dropout: float,
+        image_dropout: float = 0.0,
     ):
         super().__init__()
         self.use_tags = n_user_tags > 0
@@ -99,6 +104,7 @@ class _ContextualNet(nn.Module):
         )
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("scale", torch.ones(n_features))
+        self.image_dropout = nn.Dropout(image_dropout)
         d_in = (embedding_dim if self.use_tags else 0) + n_features
         blocks: list[nn.Module] = []
         for _ in range(layers):
@@ -114,7 +120,7 @@ class _ContextualNet(nn.Module):
         if self.use_tags:
             parts.append(self.embedding(tag_ids, offsets))
         if self.use_image:
-            parts.append((features - self.mean) / self.scale)
+            parts.append(self.image_dropout((features - self.mean) / self.scale))
         return self.net(torch.cat(parts, dim=1))
 
 
@@ -169,8 +175,9 @@ class ContextualTagger(TaggingMethod):
             value = getattr(cfg, name)
             if not isinstance(value, int) or value < (0 if name == "layers" else 1):
                 raise ValueError(f"contextual {name} must be an int >= {0 if name == 'layers' else 1}. Got {value!r}.")
-        if not 0.0 <= cfg.tag_dropout < 1.0 or not 0.0 <= cfg.dropout < 1.0:
-            raise ValueError(f"contextual dropouts must be in [0, 1). Got {cfg.tag_dropout=} and {cfg.dropout=}.")
+        for name in ("tag_dropout", "image_dropout", "dropout"):
+            if not 0.0 <= getattr(cfg, name) < 1.0:
+                raise ValueError(f"contextual {name} must be in [0, 1). Got {getattr(cfg, name)!r} instead.")
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> int:
         try:
@@ -236,6 +243,7 @@ class ContextualTagger(TaggingMethod):
             layers=self.config.layers,
             hidden=self.config.hidden,
             dropout=self.config.dropout,
+            image_dropout=self.config.image_dropout,
         )
 
     def _forward(
@@ -279,7 +287,10 @@ class ContextualTagger(TaggingMethod):
             net.scale.copy_(torch.from_numpy(np.maximum(std, 0.1 * float(std.mean()) + 1e-6)))
 
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight_for(y, cfg.pos_weight, cfg.max_pos_weight, self.name))
-        optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = [{"params": list(net.net.parameters()), "lr": cfg.lr}]
+        if net.embedding is not None:
+            groups.append({"params": list(net.embedding.parameters()), "lr": cfg.embedding_lr})
+        optimizer = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
         yt = torch.from_numpy(y)
         have_val = val_inputs is not None and val_targets is not None and len(val_targets) > 0
         if have_val:
