@@ -22,7 +22,9 @@ from phototag.model import TagModel
 from phototag.vocab import TagVocabulary
 
 # Small settings so the whole suite stays fast; each method still has to learn the synthetic task.
-FAST = {"mlp": {"max_epochs": 60, "patience": 10}}
+FAST = {"mlp": {"max_epochs": 60, "patience": 10}, "contextual": {"max_epochs": 40}}
+# Baselines that give every image the same scores by design: they cannot learn the synthetic task.
+CONSTANT_BASELINES = {"most_likely"}
 
 
 def make_inputs(method: TaggingMethod, features: np.ndarray, targets: np.ndarray) -> dict:
@@ -86,7 +88,8 @@ def test_conformance(name, task, tmp_path):
     scores = method.score(test_inputs)
     assert scores.shape == y_test.shape and scores.dtype == np.float32
     assert np.isfinite(scores).all()
-    assert mean_average_precision(y_test, scores) > 0.9, "method failed to learn an easy synthetic task"
+    if name not in CONSTANT_BASELINES:
+        assert mean_average_precision(y_test, scores) > 0.9, "method failed to learn an easy synthetic task"
     assert method.score({k: v[:0] for k, v in test_inputs.items()}).shape == (0, y_test.shape[1])
 
     vocab = TagVocabulary().fit([[f"t{j}" for j in range(y_train.shape[1])]])

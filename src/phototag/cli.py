@@ -159,6 +159,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _predict_and_print(model, args: argparse.Namespace) -> int:
     from .images import describe_failures, find_images
 
+    if getattr(args, "input", None) is not None:
+        return _predict_batch_and_print(model, args)
+    if not args.paths:
+        raise CLIError("Give image files or folders to tag, or --input CSV (columns file,user_tags).")
     try:
         paths = find_images(args.paths)
     except FileNotFoundError as err:
@@ -178,6 +182,27 @@ def _predict_and_print(model, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _predict_batch_and_print(model, args: argparse.Namespace) -> int:
+    """Predict for the rows of a batch-input CSV (see :mod:`phototag.batch_input`)."""
+    from .batch_input import read_batch_input
+    from .images import describe_failures
+
+    if args.paths or getattr(args, "user_tags", None) is not None:
+        raise CLIError("--input reads the images and user tags from the CSV; give no PATH or --user-tags with it.")
+    reads_images = any(key in model.data_keys for key in ("features", "images"))
+    batch = read_batch_input(args.input, need_files=reads_images, need_user_tags="user_tags" in model.data_keys)
+    # A model that reads no image only uses the names to label its output.
+    scored = model.score_images(batch.paths or batch.names, user_tags=batch.user_tags, progress=not args.quiet)
+    failed = {path for path, _ in scored.failures}
+    names = [name for name, path in zip(batch.names, batch.paths or batch.names, strict=True) if path not in failed]
+    predictions = model.format_predictions(names, scored.scores, top_k=args.top_k, threshold=args.threshold)
+    write_output(format_predictions(predictions, args.format), args.output)
+    if scored.failures:
+        print(describe_failures(scored.failures, limit=50), file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .model import load_model
 
@@ -187,6 +212,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_tag(args: argparse.Namespace) -> int:
     from .model import load_model
 
+    if args.input is not None:
+        return _predict_and_print(load_model(args.model), args)
     if args.examples:
         args.paths = [str(p) for p in example_images()] + list(args.paths)
         if not args.paths:
@@ -242,6 +269,15 @@ def _add_decision_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="keep tags scoring at least T (default rule: 0.3, at most 15 tags)",
     )
+    parser.add_argument(
+        "--user-tags",
+        default=None,
+        metavar="TAGS",
+        help='the user\'s own tags, space-separated, for every PATH (contextual models; "" = none)',
+    )
+    parser.add_argument(
+        "--input", default=None, metavar="CSV", help="batch input: a CSV with columns file,user_tags (and optional id)"
+    )
     parser.add_argument("--format", choices=("table", "jsonl", "csv"), default="table")
     parser.add_argument("--output", "-o", default=None, help="write to this file (atomically) instead of stdout")
 
@@ -283,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="tag images with a trained model")
     p.add_argument("model")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="*", metavar="PATH")
     _add_decision_options(p)
     p.set_defaults(func=cmd_predict)
 
