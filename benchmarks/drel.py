@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="raw Corel5k folder")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "corel5k", help="imported datasets go here")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=["knn", "svm", "wsabie", "drel"], choices=list(METHODS))
     parser.add_argument("--cache-dir", default=None, help="feature cache (default ~/.cache/phototag/features)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cost", action="store_true", help="skip the test-time cost table")

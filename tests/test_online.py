@@ -24,6 +24,7 @@ DREL_SYNTHETIC = [
     "max_epochs=100",
     "patience=30",
     "lr=0.003",
+    "dropout=0.2",
 ]
 
 
@@ -105,12 +106,13 @@ def test_update_refuses_methods_without_online_learning(synthetic_dataset, featu
     assert "does not support online updates" in err and "drel" in err and "knn" in err
 
 
-def test_update_model_reports_unreadable_images_and_ignores_rare_new_tags(tmp_path, caplog):
-    x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+def test_update_model_rejects_unreadable_images_and_mismatched_lists(backbone, feature_cache, tmp_path):
+    x = np.random.default_rng(0).normal(size=(6, 1280)).astype(np.float32)
     method = create_method("knn", k=2).fit({"features": x}, np.eye(6, 2), progress=False)
-    model = TagModel(method, TagVocabulary(tags=["a", "b"]))
+    model = TagModel(method, TagVocabulary(tags=["a", "b"]), backbone_spec=backbone.spec)
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="None of the 1 new images could be read"):
-        update_model(model, [str(tmp_path / "missing.jpg")], [["a"]], progress=False)
+        update_model(model, [str(tmp_path / "broken.jpg")], [["a", "c"]], cache_dir=feature_cache, progress=False)
     assert model.tags == ["a", "b"], "a failed update must not change the model"
     with pytest.raises(ValueError, match="one list per image"):
         update_model(model, ["x.jpg"], [], progress=False)
@@ -129,7 +131,7 @@ def test_update_on_corel5k_learns_held_out_words(corel5k_features):
     kept = np.setdiff1d(np.arange(y.shape[1]), held)
     y = np.concatenate([y[:, kept], y[:, held]], axis=1)
     n_old = len(kept)
-    drel = create_method("drel", max_epochs=40, patience=6).fit(
+    drel = create_method("drel", max_epochs=30, patience=5).fit(
         {"features": x[first]},
         y[first, :n_old],
         val_inputs={"features": x[val]},

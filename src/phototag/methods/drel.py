@@ -58,7 +58,7 @@ class DRELConfig:
     hardest: bool = True  # hinge on the worst of the sampled negatives (True) or their mean (False)
     lr: float = 1e-3  # Adam learning rate
     weight_decay: float = 1e-5  # Adam L2 penalty
-    dropout: float = 0.2  # dropout on the standardised input features while training
+    dropout: float = 0.5  # dropout on the standardised input features while training
     batch_size: int = 64  # images per step
     max_epochs: int = 100  # upper bound on epochs
     patience: int = 10  # epochs without validation-F1 improvement before stopping
