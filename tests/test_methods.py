@@ -22,7 +22,16 @@ from phototag.model import TagModel
 from phototag.vocab import TagVocabulary
 
 # Small settings so the whole suite stays fast; each method still has to learn the synthetic task.
-FAST = {"mlp": {"max_epochs": 60, "patience": 10}}
+FAST = {"mlp": {"max_epochs": 60, "patience": 10}, "refine": {"phi0_epochs": 30, "epochs": 3, "knowledge": "none"}}
+
+# Baselines that cannot learn the synthetic task by design (its tags are independent, so the one user tag missing
+# per image cannot be inferred from the others); tests/test_refine.py checks them on tasks they can solve.
+NOT_LEARNING = {
+    "random_guess": "uniform random scores",
+    "user_tags": "echoes the noisy user tags",
+    "tag_cooccur": "tag co-occurrence only",
+    "rpca": "low-rank structure of the tag matrix only",
+}
 
 
 def make_inputs(method: TaggingMethod, features: np.ndarray, targets: np.ndarray) -> dict:
@@ -86,7 +95,8 @@ def test_conformance(name, task, tmp_path):
     scores = method.score(test_inputs)
     assert scores.shape == y_test.shape and scores.dtype == np.float32
     assert np.isfinite(scores).all()
-    assert mean_average_precision(y_test, scores) > 0.9, "method failed to learn an easy synthetic task"
+    if name not in NOT_LEARNING:
+        assert mean_average_precision(y_test, scores) > 0.9, "method failed to learn an easy synthetic task"
     assert method.score({k: v[:0] for k, v in test_inputs.items()}).shape == (0, y_test.shape[1])
 
     vocab = TagVocabulary().fit([[f"t{j}" for j in range(y_train.shape[1])]])
