@@ -135,7 +135,29 @@ class RefineTagger(TaggingMethod):
                 total += loss.item() * len(idx)
             self.history_.append({"stage": "phi0", "epoch": epoch + 1, "bce": total / n})
 
-        # 2. Candidates Z_i from φ0's features; 3. Algorithm 1.
+        self.head_ = head.eval()
+        self.n_features_ = x.shape[1]
+        self.n_tags_ = g.shape[1]
+        return self.refine_further(inputs, targets, tag_names=names, progress=progress, generator=generator)
+
+    def refine_further(self, inputs, targets, *, tag_names, progress=True, generator=None) -> RefineTagger:
+        """Steps 2-3 (candidates from the current network, then Algorithm 1 for ``config.epochs``) on a fitted φ.
+
+        :meth:`fit` ends with this; calling it on a copy of a φ0-only fit (``epochs=0``) with another config runs an
+        ablation without training φ0 again (benchmarks/refine.py). Sets ``refined_scores_``.
+        """
+        from tqdm.auto import tqdm
+
+        self.check_fitted()
+        self._check_config()
+        cfg = self.config
+        n = self.check_inputs(inputs)
+        g = self.check_targets(targets, n)
+        names = self.check_tag_names(tag_names, g.shape[1])
+        x = np.asarray(inputs["features"], dtype=np.float32)
+        xt, gt, head = torch.from_numpy(x), torch.from_numpy(g), self.head_
+        generator = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+        self.history_ = list(getattr(self, "history_", []))
         if cfg.epochs > 0 and n > 1:
             laplacian = torch.from_numpy(tag_laplacian(g, names, alpha=cfg.alpha, knowledge=cfg.knowledge))
             candidates = nearest_candidates(_embed(head, xt), min(cfg.n_candidates, n - 1))
@@ -149,8 +171,6 @@ class RefineTagger(TaggingMethod):
                 self.history_.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
         self.head_ = head.eval()
-        self.n_features_ = x.shape[1]
-        self.n_tags_ = g.shape[1]
         self.refined_scores_ = self._score({"features": x})
         return self
 
