@@ -221,6 +221,6 @@ def test_refine_beats_user_tags_on_noisy_corel5k(corel5k_features):
     rows = train[:1500]
     noisy = simulate_user_noise(truth[rows], drop_rate=0.3, add_rate=0.3, seed=0)
     names = [f"w{j}" for j in range(truth.shape[1])]
-    config = {"knowledge": "none", "phi0_epochs": 20, "epochs": 1, "hidden": 256, "n_candidates": 64}
+    config = {"knowledge": "none", "phi0_epochs": 20, "epochs": 1, "hidden": 128, "n_candidates": 64}
     _, refined = refine_scores("refine", {"features": x[rows]}, noisy, names, config=config, progress=False)
     assert mean_average_precision(truth[rows], refined) > mean_average_precision(truth[rows], noisy) + 0.02
