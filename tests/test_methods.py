@@ -35,6 +35,12 @@ FAST = {
         "augment": False,
         "batch_size": 16,
     },
+    "ensemble": {
+        "members": ["mlp@efficientnet_lite0", "knn@efficientnet_lite0"],
+        "member_config": {"mlp": {"max_epochs": 60, "patience": 10}, "knn": {"k": 10}},
+        "stack_folds": 2,
+        "feature_cache": False,
+    },
 }
 
 #: Colours of the stripes that encode the task's tags in its images (tag j present = stripe j painted).
