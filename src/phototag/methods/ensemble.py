@@ -206,7 +206,7 @@ class EnsembleTagger(TaggingMethod):
             )
 
         # Out-of-fold scores: each fold is scored by members that never saw it (the stacker's training data).
-        oof = None
+        oof, folds = None, None
         if cfg.stack_folds >= 2:
             folds = np.random.default_rng(cfg.seed).permutation(len(y)) % cfg.stack_folds
             oof = np.zeros((n_members, len(y), n_tags), dtype=np.float32)
@@ -219,6 +219,9 @@ class EnsembleTagger(TaggingMethod):
                     oof[i, held] = fit_member(i, ~held).score(self._rows(member_inputs[i], held))
                     bar.update(1)
             bar.close()
+        # Kept (not saved) so the out-of-fold protocol can be inspected: folds_ (n,) and oof_scores_ (m, n, t).
+        self.folds_ = folds if oof is not None else None
+        self.oof_scores_ = oof
         self.members_ = []
         for i in tqdm(range(n_members), desc="ensemble members", disable=not progress, leave=False):
             self.members_.append(fit_member(i, None))
