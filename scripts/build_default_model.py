@@ -31,12 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
     parser.add_argument("--out", type=Path, default=default_model_path())
+    parser.add_argument("--calibrate-thresholds", action="store_true", help="per-tag thresholds from validation")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     from phototag.cli import parse_set_options
 
     dataset = run_importer("corel5k", args.data, args.work / "corel5k")
-    model = train(dataset, method=args.method, backbone=args.backbone, config=parse_set_options(args.set), seed=0)
+    model = train(
+        dataset,
+        method=args.method,
+        backbone=args.backbone,
+        config=parse_set_options(args.set),
+        seed=0,
+        calibrate_thresholds=args.calibrate_thresholds,
+    )
     model.info.update(
         {
             "dataset": "corel5k (train split, 4,500 photos)",

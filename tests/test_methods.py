@@ -30,7 +30,25 @@ FAST = {
     | {"activation": "relu"},
     "wsabie": {"max_epochs": 40, "patience": 10, "embed_dim": 16, "lr": 0.01},
     "refine": {"phi0_epochs": 30, "epochs": 3, "knowledge": "none"},
+    # 64 px is the smallest input where the pretrained Lite0 still gives informative pooled features.
+    "cnn": {
+        "input_size": 64,
+        "transfer_epochs": 3,
+        "finetune_epochs": 1,
+        "optimizer": "adam",
+        "lr": 1e-2,
+        "loss": "bce",
+        "augment": False,
+        "batch_size": 16,
+    },
+    "ensemble": {
+        "members": ["mlp@efficientnet_lite0", "knn@efficientnet_lite0"],
+        "member_config": {"mlp": {"max_epochs": 60, "patience": 10}, "knn": {"k": 10}},
+        "stack_folds": 2,
+        "feature_cache": False,
+    },
 }
+
 
 # Baselines that cannot learn the synthetic task by design (its tags are independent, so the one user tag missing
 # per image cannot be inferred from the others, and a constant prediction learns nothing); tests/test_refine.py and
@@ -43,11 +61,18 @@ NOT_LEARNING = {
     "rpca": "low-rank structure of the tag matrix only",
 }
 
+#: Colours of the stripes that encode the task's tags in its images (tag j present = stripe j painted).
+STRIPE_COLOURS = [(220, 30, 30), (30, 180, 40), (30, 60, 220), (230, 210, 30)]
 
-def make_inputs(method: TaggingMethod, features: np.ndarray, targets: np.ndarray) -> dict:
+
+def make_inputs(
+    method: TaggingMethod, features: np.ndarray, targets: np.ndarray, images: list[str] | None = None
+) -> dict:
     inputs: dict = {}
     if "features" in method.data_keys:
         inputs["features"] = features
+    if "images" in method.data_keys:
+        inputs["images"] = images
     if "user_tags" in method.data_keys:
         # Noisy user tags: the true tag names, with one missing per image.
         inputs["user_tags"] = [[f"t{j}" for j in np.flatnonzero(row)][1:] for row in targets]
@@ -58,6 +83,26 @@ def make_inputs(method: TaggingMethod, features: np.ndarray, targets: np.ndarray
 def task():
     x, y = clustered_features(n=160, n_tags=4, dim=16, seed=0)
     return x[:120], y[:120], x[120:], y[120:]
+
+
+@pytest.fixture(scope="module")
+def task_images(task, tmp_path_factory) -> tuple[list[str], list[str]]:
+    """Image files for the task (train, test): tag j present = vertical stripe j painted in its colour."""
+    from PIL import Image, ImageDraw
+
+    root = tmp_path_factory.mktemp("task-images")
+    rng = np.random.default_rng(1)
+    out: tuple[list[str], list[str]] = ([], [])
+    for part, targets in ((0, task[1]), (1, task[3])):
+        for i, row in enumerate(targets):
+            image = Image.fromarray(rng.integers(100, 160, size=(48, 48, 3), dtype=np.uint8))
+            draw = ImageDraw.Draw(image)
+            for j in np.flatnonzero(row):
+                draw.rectangle((12 * j, 0, 12 * j + 11, 47), fill=STRIPE_COLOURS[j])
+            path = root / f"{part}-{i}.png"
+            image.save(path)
+            out[part].append(str(path))
+    return out
 
 
 def test_registry_lists_spine_methods():
@@ -91,12 +136,14 @@ def test_config_fields_are_documented_dataclass(name):
 
 
 @pytest.mark.parametrize("name", list_methods())
-def test_conformance(name, task, tmp_path):
+def test_conformance(name, task, tmp_path, request):
     x_train, y_train, x_test, y_test = task
     method = create_method(name, FAST.get(name))
+    images_train, images_test = request.getfixturevalue("task_images") if "images" in method.data_keys else (None, None)
     with pytest.raises(NotFittedError):
-        method.score(make_inputs(method, x_test, y_test))
-    train_inputs, test_inputs = make_inputs(method, x_train, y_train), make_inputs(method, x_test, y_test)
+        method.score(make_inputs(method, x_test, y_test, images_test))
+    train_inputs = make_inputs(method, x_train, y_train, images_train)
+    test_inputs = make_inputs(method, x_test, y_test, images_test)
     names = [f"t{j}" for j in range(y_train.shape[1])]
     fitted = method.fit(
         train_inputs, y_train, val_inputs=test_inputs, val_targets=y_test, progress=False, tag_names=names

@@ -142,6 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         seed=args.seed,
         progress=not args.quiet,
+        calibrate_thresholds=args.calibrate_thresholds,
     )
     val = model.info.get("validation")
     print(
@@ -203,10 +204,20 @@ def _predict_batch_and_print(model, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _load_with_combiner(path: str | None, combiner: str | None):
+    """Load a model; ``combiner`` switches an ensemble's combiner (other methods refuse it)."""
     from .model import load_model
 
-    return _predict_and_print(load_model(args.model), args)
+    model = load_model(path)
+    if combiner is not None:
+        if not hasattr(model.method, "set_combiner"):
+            raise CLIError(f"--combiner applies to ensemble models; this model's method is '{model.method.name}'.")
+        model.method.set_combiner(combiner)
+    return model
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    return _predict_and_print(_load_with_combiner(args.model, args.combiner), args)
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
@@ -233,7 +244,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .pipeline import evaluate
 
     result = evaluate(
-        args.model, args.dataset, split=args.split, k=args.k, cache_dir=args.cache_dir, progress=not args.quiet
+        _load_with_combiner(args.model, args.combiner),
+        args.dataset,
+        split=args.split,
+        k=args.k,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
     )
     width = max(len(k) for k in result)
     for key, value in result.items():
@@ -315,12 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/phototag)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--calibrate-thresholds", action="store_true", help="per-tag thresholds maximising F1 on the validation images"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="tag images with a trained model")
     p.add_argument("model")
     p.add_argument("paths", nargs="*", metavar="PATH")
     _add_decision_options(p)
+    p.add_argument("--combiner", default=None, help="ensemble models: average, vote, union, intersection or stacker")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("tag", help="tag images with the default model shipped with phototag")
@@ -342,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5, help="tags per image for the per-tag protocol (Corel5k: 5)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--combiner", default=None, help="ensemble models: average, vote, union, intersection or stacker")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("methods", help="list the registered tagging methods")

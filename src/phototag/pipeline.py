@@ -130,6 +130,7 @@ def train(
     val_fraction: float = 0.1,
     seed: int = 0,
     progress: bool = True,
+    calibrate_thresholds: bool = False,
 ) -> TagModel:
     """Train a tagging method on a dataset's ``train`` split.
 
@@ -145,6 +146,9 @@ def train(
         val_fraction: Share of train carved out for validation when there is no ``val`` split.
         seed: Seed of the validation carve.
         progress: Progress bars.
+        calibrate_thresholds: Set per-tag thresholds maximising each tag's F1 on the validation images
+            (:func:`phototag.calibration.per_tag_thresholds`); the metrics with them (optimistic: measured on the
+            images they were fitted on) go to ``model.info["validation_calibrated"]``.
 
     Returns:
         The trained :class:`TagModel`, with validation metrics in ``model.info["validation"]``.
@@ -195,7 +199,17 @@ def train(
     }
     model = TagModel(tagger, vocab, backbone_spec=spec, decision=DecisionRule(), info=info)
     if val_inputs is not None and len(val_targets):
-        model.info["validation"] = evaluate_scores(val_targets, tagger.score(val_inputs))
+        val_scores = tagger.score(val_inputs)
+        model.info["validation"] = evaluate_scores(val_targets, val_scores)
+        if calibrate_thresholds:
+            from .calibration import per_tag_thresholds
+
+            model.decision.per_tag_threshold = per_tag_thresholds(val_targets, val_scores)
+            model.info["validation_calibrated"] = evaluate_scores(
+                val_targets, val_scores, threshold=model.decision.per_tag_threshold
+            )
+    elif calibrate_thresholds:
+        raise ValueError("Calibrating per-tag thresholds needs validation images (a 'val' split or val_fraction > 0).")
     if out is not None:
         model.save(out)
     return model
@@ -227,7 +241,9 @@ def evaluate(
     targets = model.vocab.transform([r.tags for r in records])[ok]
     unknown = sum(model.vocab.last_unknown_.values()) if hasattr(model.vocab, "last_unknown_") else 0
     scores = model.score_inputs(inputs)
-    result = evaluate_scores(targets, scores, k=k, threshold=model.decision.threshold, max_tags=model.decision.max_tags)
+    threshold = model.decision.per_tag_threshold
+    threshold = model.decision.threshold if threshold is None else threshold
+    result = evaluate_scores(targets, scores, k=k, threshold=threshold, max_tags=model.decision.max_tags)
     result["unknown_true_tags"] = int(unknown)
     result["unreadable_images"] = int((~ok).sum())
     return result

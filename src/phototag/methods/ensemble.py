@@ -1,0 +1,358 @@
+"""``ensemble``: first-level taggers on different backbones, combined by a fixed rule or a learned stacker.
+
+Members are ``"method@backbone"`` strings. A feature-head member (``mlp@efficientnet_lite1``, ``knn@...``) is trained
+on the pooled features of its backbone, which the ensemble extracts itself (one
+:class:`~phototag.features.FeatureStore` per backbone, cached on disk), so the ensemble only needs image paths; a
+``cnn@...`` member fine-tunes that backbone end to end (a GPU job). Member scores ``(n_members, n_images, n_tags)``
+are combined by:
+
+- ``average``: the mean score;
+- ``vote``: each member's scores rounded (≥ 0.5 → 1), then averaged — the share of members voting for a tag (ties
+  are broken by the average score, scaled by 1e-3 so it never overturns a vote);
+- ``union`` / ``intersection``: the largest / smallest member score (fuzzy OR / AND of the members' decisions);
+- ``stacker``: a 2-layer network (inputs = members × tags, hidden tanh of the same width, sigmoid outputs; Adam lr
+  1e-3, batch 512) that learns from *out-of-fold* member scores only — k-fold over the training images, each fold
+  scored by members trained without it (scikit-learn's ``StackingClassifier``) — or, with ``stack_folds=0``, from
+  the scores on the validation images, which the members never train on.
+
+Every combiner is available from one saved ensemble: ``config.combiner`` is the default, and
+:meth:`EnsembleTagger.set_combiner` (``phototag predict --combiner NAME``) switches it at predict time.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..images import describe_failures
+from ..metrics import mean_average_precision
+from .base import TaggingMethod, create_method, get_method_class, register_method
+
+log = logging.getLogger(__name__)
+
+COMBINERS = ("average", "vote", "union", "intersection", "stacker")
+
+
+@dataclass
+class EnsembleConfig:
+    # first-level taggers as "method@backbone"; feature heads ("mlp", "knn") run on CPU, "cnn" fine-tunes (GPU)
+    members: list[str] = field(
+        default_factory=lambda: ["mlp@efficientnet_lite0", "mlp@efficientnet_lite1", "mlp@efficientnet_lite2"]
+    )
+    # settings per member method, e.g. {"mlp": {"max_epochs": 100}, "cnn": {"finetune_epochs": 10}}
+    member_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    combiner: str = "stacker"  # default combiner: "average", "vote", "union", "intersection" or "stacker"
+    stack_folds: int = 5  # k of the out-of-fold scores the stacker learns from; 0 = learn from validation scores
+    stacker_lr: float = 1e-3  # Adam learning rate of the stacker
+    stacker_batch_size: int = 512  # images per stacker step
+    stacker_max_epochs: int = 300  # upper bound on stacker epochs
+    stacker_patience: int = 20  # stacker epochs without validation-mAP gain before stopping
+    vote_threshold: float = 0.5  # a member votes for a tag when its score is at least this ("round")
+    feature_cache: str | bool | None = None  # feature cache root; None = ~/.cache/phototag/features, False = memory
+    seed: int = 0  # seeds the folds and the stacker
+
+
+class _Stacker(nn.Module):
+    """members × tags → tanh hidden of the same width → tags (logits)."""
+
+    def __init__(self, width: int, n_tags: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, n_tags))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def parse_member(member: str) -> tuple[str, str]:
+    """``"mlp@efficientnet_lite1"`` → ``("mlp", "efficientnet_lite1")``, checking the method exists."""
+    method, sep, backbone = str(member).partition("@")
+    if not sep or not method or not backbone:
+        raise ValueError(
+            f"Ensemble members are 'method@backbone' (e.g. 'mlp@efficientnet_lite1'). Got {member!r} instead."
+        )
+    keys = get_method_class(method).data_keys
+    if not set(keys) <= {"features", "images"}:
+        raise ValueError(f"Ensemble member '{member}': method '{method}' needs inputs {keys}; only image taggers fit.")
+    return method, backbone
+
+
+def combine(member_scores: np.ndarray, combiner: str, *, vote_threshold: float = 0.5) -> np.ndarray:
+    """Fixed combiners of member scores ``(n_members, n_images, n_tags)`` → ``(n_images, n_tags)``.
+
+    Example:
+        >>> s = np.array([[[0.9, 0.2]], [[0.6, 0.7]], [[0.1, 0.4]]])
+        >>> combine(s, "average").round(3).tolist(), combine(s, "union").tolist(), combine(s, "intersection").tolist()
+        ([[0.533, 0.433]], [[0.9, 0.7]], [[0.1, 0.2]])
+        >>> combine(s, "vote").round(4).tolist()  # 2 of 3 votes for tag 0, 1 of 3 for tag 1 (+ 1e-3 × average)
+        [[0.6672, 0.3338]]
+    """
+    scores = np.asarray(member_scores, dtype=np.float32)
+    if combiner == "average":
+        return scores.mean(axis=0)
+    if combiner == "vote":
+        return (scores >= vote_threshold).mean(axis=0) + 1e-3 * scores.mean(axis=0)
+    if combiner == "union":
+        return scores.max(axis=0)
+    if combiner == "intersection":
+        return scores.min(axis=0)
+    raise ValueError(f"Unknown combiner '{combiner}'. Valid combiners: {', '.join(COMBINERS)}.")
+
+
+@register_method("ensemble")
+class EnsembleTagger(TaggingMethod):
+    """Several image taggers on different backbones; average / vote / union / intersection / stacker."""
+
+    description = "taggers on several backbones combined by average, vote, union, intersection or an OOF stacker"
+    Config = EnsembleConfig
+    data_keys = ("images",)
+
+    # --- members ------------------------------------------------------------------------------------------------
+    def _check_config(self) -> None:
+        cfg = self.config
+        if not cfg.members:
+            raise ValueError("An ensemble needs at least one member ('method@backbone').")
+        for member in cfg.members:
+            parse_member(member)
+        if cfg.combiner not in COMBINERS:
+            raise ValueError(f"Unknown combiner '{cfg.combiner}'. Valid combiners: {', '.join(COMBINERS)}.")
+        if cfg.stack_folds == 1 or cfg.stack_folds < 0:
+            raise ValueError(f"stack_folds must be 0 (use validation scores) or >= 2. Got {cfg.stack_folds} instead.")
+
+    def _new_member(self, index: int) -> TaggingMethod:
+        method, backbone = parse_member(self.config.members[index])
+        settings = dict(self.config.member_config.get(method, {}))
+        if method == "cnn":
+            settings["backbone"] = backbone
+        return create_method(method, settings)
+
+    def _store(self, backbone: str):
+        from ..backbones import create_backbone
+        from ..features import FeatureStore
+
+        stores = self.__dict__.setdefault("_stores", {})
+        if backbone not in stores:
+            stores[backbone] = FeatureStore(create_backbone(backbone), self.config.feature_cache)
+        return stores[backbone]
+
+    def _member_inputs(self, paths: Sequence[str], progress: bool) -> tuple[list[dict[str, Any]], np.ndarray, list]:
+        """Per-member inputs for ``paths``, the (n,) mask of images every member could read, and the failures."""
+        ok = np.ones(len(paths), dtype=bool)
+        failures: dict[str, str] = {}
+        features: dict[str, np.ndarray] = {}
+        out = []
+        for member in self.config.members:
+            method, backbone = parse_member(member)
+            if "features" in get_method_class(method).data_keys:
+                if backbone not in features:
+                    result = self._store(backbone).extract(paths, progress=progress, desc=f"features {backbone}")
+                    features[backbone] = result.features
+                    ok &= result.ok
+                    failures.update(dict(result.failures))
+                out.append({"features": features[backbone]})
+            else:
+                out.append({"images": list(paths)})
+        return out, ok, sorted(failures.items())
+
+    @staticmethod
+    def _rows(inputs: Mapping[str, Any], keep: np.ndarray) -> dict[str, Any]:
+        return {
+            k: v[keep] if isinstance(v, np.ndarray) else [x for x, g in zip(v, keep, strict=True) if g]
+            for k, v in inputs.items()
+        }
+
+    # --- training -----------------------------------------------------------------------------------------------
+    def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
+        from tqdm.auto import tqdm
+
+        self._check_config()
+        cfg = self.config
+        n = self.check_inputs(inputs)
+        y = self.check_targets(targets, n)
+        paths = [str(p) for p in inputs["images"]]
+        member_inputs, ok, failures = self._member_inputs(paths, progress)
+        if failures:
+            log.warning(
+                "%s\nThese %d of %d training images are left out.", describe_failures(failures), len(failures), n
+            )
+        member_inputs = [self._rows(m, ok) for m in member_inputs]
+        y = y[ok]
+        have_val = val_inputs is not None and val_targets is not None and len(val_targets) > 0
+        val_member_inputs, yv = None, None
+        if have_val:
+            val_paths = [str(p) for p in val_inputs["images"]]
+            val_member_inputs, val_ok, val_failures = self._member_inputs(val_paths, progress)
+            if val_failures:
+                log.warning("%s\nThese validation images are left out.", describe_failures(val_failures))
+            val_member_inputs = [self._rows(m, val_ok) for m in val_member_inputs]
+            yv = (np.asarray(val_targets)[val_ok] > 0).astype(np.float32)
+        n_members, n_tags = len(cfg.members), y.shape[1]
+
+        def fit_member(i: int, rows: np.ndarray | None) -> TaggingMethod:
+            train_in = member_inputs[i] if rows is None else self._rows(member_inputs[i], rows)
+            return self._new_member(i).fit(
+                train_in,
+                y if rows is None else y[rows],
+                val_inputs=None if val_member_inputs is None else val_member_inputs[i],
+                val_targets=yv,
+                progress=False,
+                tag_names=tag_names,
+            )
+
+        # Out-of-fold scores: each fold is scored by members that never saw it (the stacker's training data).
+        oof, folds = None, None
+        if cfg.stack_folds >= 2:
+            folds = np.random.default_rng(cfg.seed).permutation(len(y)) % cfg.stack_folds
+            oof = np.zeros((n_members, len(y), n_tags), dtype=np.float32)
+            bar = tqdm(
+                total=n_members * cfg.stack_folds, desc="ensemble out-of-fold", disable=not progress, leave=False
+            )
+            for i in range(n_members):
+                for fold in range(cfg.stack_folds):
+                    held = folds == fold
+                    oof[i, held] = fit_member(i, ~held).score(self._rows(member_inputs[i], held))
+                    bar.update(1)
+            bar.close()
+        # Kept (not saved) so the out-of-fold protocol can be inspected: folds_ (n,) and oof_scores_ (m, n, t).
+        self.folds_ = folds if oof is not None else None
+        self.oof_scores_ = oof
+        self.members_ = []
+        for i in tqdm(range(n_members), desc="ensemble members", disable=not progress, leave=False):
+            self.members_.append(fit_member(i, None))
+        self.n_tags_ = n_tags
+        val_scores = None
+        if have_val:
+            val_scores = np.stack([m.score(v) for m, v in zip(self.members_, val_member_inputs, strict=True)])
+        if oof is not None:
+            self.stacker_ = self._fit_stacker(oof, y, val_scores, yv)
+        elif val_scores is not None:
+            self.stacker_ = self._fit_stacker(val_scores, yv, None, None)
+        else:
+            raise ValueError(
+                "The ensemble's stacker needs out-of-fold scores (stack_folds >= 2) or validation images "
+                "(stack_folds=0 with a validation split)."
+            )
+        if have_val:
+            self.validation_ = {name: mean_average_precision(yv, self._combine(val_scores, name)) for name in COMBINERS}
+            self.validation_.update(
+                {f"member {m}": mean_average_precision(yv, s) for m, s in zip(cfg.members, val_scores, strict=True)}
+            )
+            log.info("ensemble validation mAP: %s", {k: round(v, 4) for k, v in self.validation_.items()})
+        return self
+
+    def _fit_stacker(
+        self, scores: np.ndarray, targets: np.ndarray, val_scores: np.ndarray | None, val_targets: np.ndarray | None
+    ) -> _Stacker:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        x = torch.from_numpy(_stack_inputs(scores))
+        t = torch.from_numpy(targets.astype(np.float32))
+        stacker = _Stacker(x.shape[1], targets.shape[1])
+        optimizer = torch.optim.Adam(stacker.parameters(), lr=cfg.stacker_lr)
+        loss_fn = nn.BCEWithLogitsLoss()
+        xv = torch.from_numpy(_stack_inputs(val_scores)) if val_scores is not None else None
+        best, best_state, stale = -1.0, None, 0
+        epochs = cfg.stacker_max_epochs
+        for _ in range(epochs):
+            stacker.train()
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), cfg.stacker_batch_size):
+                idx = order[start : start + cfg.stacker_batch_size]
+                optimizer.zero_grad()
+                loss_fn(stacker(x[idx]), t[idx]).backward()
+                optimizer.step()
+            if xv is None:
+                continue
+            stacker.eval()
+            with torch.no_grad():
+                value = mean_average_precision(val_targets, torch.sigmoid(stacker(xv)).numpy())
+            if value > best:
+                best, best_state, stale = value, copy.deepcopy(stacker.state_dict()), 0
+            else:
+                stale += 1
+                if stale >= cfg.stacker_patience:
+                    break
+        if best_state is not None:
+            stacker.load_state_dict(best_state)
+        return stacker.eval()
+
+    # --- scoring ------------------------------------------------------------------------------------------------
+    def set_combiner(self, combiner: str) -> None:
+        """Use ``combiner`` (one of :data:`COMBINERS`) from now on; saved with the model."""
+        if combiner not in COMBINERS:
+            raise ValueError(f"Unknown combiner '{combiner}'. Valid combiners: {', '.join(COMBINERS)}.")
+        self.config.combiner = combiner
+
+    def _combine(self, member_scores: np.ndarray, combiner: str) -> np.ndarray:
+        if combiner == "stacker":
+            with torch.no_grad():
+                return torch.sigmoid(self.stacker_(torch.from_numpy(_stack_inputs(member_scores)))).numpy()
+        return combine(member_scores, combiner, vote_threshold=self.config.vote_threshold)
+
+    def member_scores(self, inputs: Mapping[str, Any], *, progress: bool = False) -> np.ndarray:
+        """Scores of every member ``(n_members, n_images, n_tags)``; rows of unreadable images are 0 (reported)."""
+        self.check_fitted()
+        paths = [str(p) for p in inputs["images"]]
+        member_inputs, ok, failures = self._member_inputs(paths, progress)
+        if failures:
+            log.warning("%s\nTheir scores are all 0.", describe_failures(failures))
+        self.last_failures_ = failures
+        out = np.zeros((len(self.members_), len(paths), self.n_tags_), dtype=np.float32)
+        for i, (member, member_in) in enumerate(zip(self.members_, member_inputs, strict=True)):
+            out[i, ok] = member.score(self._rows(member_in, ok))
+        return out
+
+    def score_all(self, inputs: Mapping[str, Any], *, progress: bool = False) -> dict[str, np.ndarray]:
+        """``{combiner: scores (n_images, n_tags)}`` for every combiner, member scores computed once."""
+        self.check_fitted()
+        self.check_inputs(inputs)
+        members = self.member_scores(inputs, progress=progress)
+        return {name: self._combine(members, name).astype(np.float32) for name in COMBINERS}
+
+    def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        return self._combine(self.member_scores(inputs), self.config.combiner)
+
+    # --- state --------------------------------------------------------------------------------------------------
+    def get_state(self):
+        arrays: dict[str, np.ndarray] = {}
+        members_meta = []
+        for i, member in enumerate(self.members_):
+            member_arrays, meta = member.get_state()
+            arrays.update({f"member{i}/{k}": v for k, v in member_arrays.items()})
+            members_meta.append({"method": member.name, "config": member.config_dict(), "meta": meta})
+        arrays.update({f"stacker/{k}": v.detach().cpu().numpy() for k, v in self.stacker_.state_dict().items()})
+        return arrays, {
+            "n_tags": int(self.n_tags_),
+            "members": members_meta,
+            "validation": getattr(self, "validation_", None),
+        }
+
+    def set_state(self, arrays, meta):
+        self.n_tags_ = int(meta["n_tags"])
+        self.members_ = []
+        for i, info in enumerate(meta["members"]):
+            member = create_method(info["method"], info["config"])
+            prefix = f"member{i}/"
+            member.set_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}, info["meta"])
+            self.members_.append(member)
+        width = len(self.members_) * self.n_tags_
+        self.stacker_ = _Stacker(width, self.n_tags_)
+        self.stacker_.load_state_dict(
+            {k[len("stacker/") :]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("stacker/")}
+        )
+        self.stacker_.eval()
+        if meta.get("validation") is not None:
+            self.validation_ = meta["validation"]
+
+
+def _stack_inputs(member_scores: np.ndarray) -> np.ndarray:
+    """``(n_members, n_images, n_tags)`` → ``(n_images, n_members * n_tags)`` float32, member-major columns."""
+    scores = np.asarray(member_scores, dtype=np.float32)
+    return np.ascontiguousarray(scores.transpose(1, 0, 2).reshape(scores.shape[1], -1))

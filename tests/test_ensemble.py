@@ -1,0 +1,132 @@
+"""The ensemble of taggers (``ensemble``), its combiners and out-of-fold stacker, and per-tag thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from phototag.calibration import per_tag_thresholds
+from phototag.cli import main
+from phototag.data import Dataset
+from phototag.methods import create_method
+from phototag.methods.ensemble import COMBINERS, combine, parse_member
+from phototag.metrics import mean_average_precision, per_image_prf, threshold_mask
+from phototag.model import TagModel
+from phototag.pipeline import train
+
+
+def test_combiners_by_hand():
+    scores = np.array([[[0.9, 0.2, 0.6]], [[0.6, 0.7, 0.55]], [[0.1, 0.4, 0.2]]], dtype=np.float32)
+    np.testing.assert_allclose(combine(scores, "average"), [[1.6 / 3, 1.3 / 3, 1.35 / 3]], rtol=1e-6)
+    np.testing.assert_allclose(combine(scores, "union"), [[0.9, 0.7, 0.6]])
+    np.testing.assert_allclose(combine(scores, "intersection"), [[0.1, 0.2, 0.2]])
+    votes = combine(scores, "vote")
+    np.testing.assert_allclose(np.round(votes, 2), [[2 / 3, 1 / 3, 2 / 3]], atol=1e-2)
+    assert votes[0, 0] > votes[0, 2]  # equal votes: the higher average wins the tie
+    with pytest.raises(ValueError, match="Unknown combiner 'max'"):
+        combine(scores, "max")
+
+
+def test_member_strings_are_checked():
+    assert parse_member("mlp@efficientnet_lite1") == ("mlp", "efficientnet_lite1")
+    with pytest.raises(ValueError, match="method@backbone"):
+        parse_member("mlp")
+    with pytest.raises(ValueError, match="Unknown method"):
+        parse_member("nope@efficientnet_lite0")
+
+
+def test_per_tag_thresholds_match_a_brute_force_search():
+    rng = np.random.default_rng(0)
+    y = (rng.random((40, 6)) < 0.3).astype(int)
+    y[:, 5] = 0  # no positives: keeps the default
+    scores = np.clip(y * 0.3 + rng.random((40, 6)) * 0.8, 0, 1).astype(np.float32)
+    thresholds = per_tag_thresholds(y, scores)
+    assert thresholds[5] == pytest.approx(0.3)
+    for j in range(5):
+
+        def f1(t, j=j):
+            pred = scores[:, j] >= t
+            return 2 * (pred & (y[:, j] > 0)).sum() / (pred.sum() + y[:, j].sum())
+
+        best = max(f1(t) for t in scores[:, j])
+        assert f1(thresholds[j]) == pytest.approx(best)
+
+
+@pytest.fixture(scope="module")
+def ensemble_model(synthetic_dataset, feature_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ensemble") / "model"
+    config = {
+        "members": ["mlp@efficientnet_lite0", "knn@efficientnet_lite0"],
+        "member_config": {"mlp": {"max_epochs": 60, "patience": 10}, "knn": {"k": 5}},
+        "stack_folds": 3,
+        "feature_cache": str(feature_cache),
+    }
+    return train(synthetic_dataset, method="ensemble", config=config, out=out, progress=False), out
+
+
+def test_ensemble_learns_and_offers_every_combiner(ensemble_model, synthetic_dataset):
+    model, out = ensemble_model
+    ds = Dataset.load(synthetic_dataset)
+    test = ds.split("test")
+    inputs = {"images": [str(ds.image_path(r)) for r in test]}
+    truth = model.vocab.transform([r.tags for r in test])
+    every = model.method.score_all(inputs)
+    assert set(every) == set(COMBINERS)
+    for name in ("average", "stacker"):
+        assert mean_average_precision(truth, every[name]) > 0.9, name
+    reloaded = TagModel.load(out)
+    assert reloaded.method.config.combiner == "stacker"
+    np.testing.assert_array_equal(reloaded.score_inputs(inputs), every["stacker"])
+    reloaded.method.set_combiner("vote")
+    np.testing.assert_array_equal(reloaded.score_inputs(inputs), every["vote"])
+
+
+def test_stacker_learns_from_out_of_fold_scores_only(ensemble_model, synthetic_dataset, backbone, feature_cache):
+    from phototag.features import FeatureStore
+
+    model, _ = ensemble_model
+    ds = Dataset.load(synthetic_dataset)
+    train_records, _ = ds.train_val(val_fraction=0.1, seed=0)
+    features = FeatureStore(backbone, feature_cache).extract([str(ds.image_path(r)) for r in train_records]).features
+    targets = model.vocab.transform([r.tags for r in train_records])
+    folds = model.method.folds_
+    assert sorted(np.unique(folds)) == [0, 1, 2]
+    for fold in range(3):
+        held = folds == fold
+        knn = create_method("knn", k=5).fit({"features": features[~held]}, targets[~held], progress=False)
+        np.testing.assert_allclose(model.method.oof_scores_[1, held], knn.score({"features": features[held]}))
+
+
+def test_cli_predict_with_a_combiner(ensemble_model, synthetic_dataset, capsys):
+    _, out = ensemble_model
+    ds = Dataset.load(synthetic_dataset)
+    photo = str(ds.image_path(ds.split("test")[0]))
+    assert main(["--quiet", "predict", str(out), photo, "--combiner", "union", "--top-k", "2"]) == 0
+    assert photo in capsys.readouterr().out
+    assert main(["--quiet", "predict", str(out), photo, "--combiner", "max"]) == 2
+    assert "Unknown combiner 'max'" in capsys.readouterr().err
+
+
+def test_train_calibrates_per_tag_thresholds(synthetic_dataset, feature_cache, tmp_path):
+    model = train(
+        synthetic_dataset,
+        method="mlp",
+        config={"max_epochs": 30},
+        cache_dir=feature_cache,
+        out=tmp_path / "m",
+        progress=False,
+        calibrate_thresholds=True,
+    )
+    thresholds = model.decision.per_tag_threshold
+    assert thresholds is not None and thresholds.shape == (len(model.vocab),)
+    np.testing.assert_array_equal(TagModel.load(tmp_path / "m").decision.per_tag_threshold, thresholds)
+    ds = Dataset.load(synthetic_dataset)
+    _, val_records = ds.train_val(val_fraction=0.1, seed=0)
+    scored = model.score_images([ds.image_path(r) for r in val_records], cache_dir=feature_cache)
+    truth = model.vocab.transform([r.tags for r in val_records])
+    np.testing.assert_array_equal(per_tag_thresholds(truth, scored.scores), thresholds)
+    # Each tag's own F1 on validation is at least what the global 0.3 gives.
+    for j in range(len(thresholds)):
+        own = per_image_prf(truth[:, [j]].T, (scored.scores[:, j] >= thresholds[j])[None])["f1"][0]
+        fixed = per_image_prf(truth[:, [j]].T, threshold_mask(scored.scores[:, [j]].T, 0.3, None))["f1"][0]
+        assert own >= fixed - 1e-9
