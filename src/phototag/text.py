@@ -63,7 +63,10 @@ def embed_tags(
     """Embeddings ``(len(tags), dim)`` float32 of tag strings (``_`` read as a space), L2-normalised by default."""
     texts = [str(t).replace("_", " ") for t in tags]
     if not texts:
-        return np.zeros((0, load_text_model(model).get_sentence_embedding_dimension()), dtype=np.float32)
+        loaded = load_text_model(model)
+        # sentence-transformers renamed the method; support releases before and after.
+        dimension = getattr(loaded, "get_embedding_dimension", None) or loaded.get_sentence_embedding_dimension
+        return np.zeros((0, dimension()), dtype=np.float32)
     vectors = load_text_model(model).encode(
         texts, batch_size=batch_size, normalize_embeddings=normalize, show_progress_bar=False, convert_to_numpy=True
     )
