@@ -22,7 +22,6 @@ the same prediction for every image.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from torch import nn
 
 from ..metrics import mean_average_precision
 from ..vocab import TagVocabulary
+from ._training import BestEpoch
 from .base import MissingInputError, TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ class ContextualTagger(TaggingMethod):
             yv = (np.asarray(val_targets) > 0).astype(np.float32)
             val_rows = np.arange(len(yv))
         epochs = cfg.max_epochs if have_val else cfg.epochs_without_val
-        best_map, best_state, best_epoch, stale = -1.0, None, 0, 0
+        tracker = BestEpoch(cfg.patience)
         self.history_: list[dict[str, float]] = []
         bar = tqdm(range(epochs), desc="contextual", unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
@@ -323,23 +323,14 @@ class ContextualTagger(TaggingMethod):
                 with torch.no_grad():
                     val_scores = torch.sigmoid(self._forward(net, val_ids, val_x, val_rows)).numpy()
                 record["val_map"] = mean_average_precision(yv, val_scores)
-                if record["val_map"] > best_map:
-                    best_map, best_state, best_epoch, stale = (
-                        record["val_map"],
-                        copy.deepcopy(net.state_dict()),
-                        epoch + 1,
-                        0,
-                    )
-                else:
-                    stale += 1
+                stop = tracker.update(record["val_map"], epoch + 1, net)
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_map=f"{record['val_map']:.4f}")
             self.history_.append(record)
-            if have_val and stale >= cfg.patience:
+            if have_val and stop:
                 break
-        if best_state is not None:
-            net.load_state_dict(best_state)
-            log.info("contextual: best validation mAP %.4f at epoch %d", best_map, best_epoch)
-        self.best_epoch_ = best_epoch or len(self.history_)
+        if tracker.restore(net):
+            log.info("contextual: best validation mAP %.4f at epoch %d", tracker.best, tracker.epoch)
+        self.best_epoch_ = tracker.epoch or len(self.history_)
         self.net_ = net.eval()
         self.n_tags_ = y.shape[1]
         return self

@@ -17,7 +17,6 @@ without changing the network's structure.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from ._ranking import (
     sample_negatives,
     validation_f1,
 )
+from ._training import BestEpoch
 from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class DRELTagger(TaggingMethod):
         epochs = cfg.max_epochs if have_val else cfg.epochs_without_val
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-        best_f1, best_state, best_epoch, stale = -1.0, None, 0, 0
+        tracker = BestEpoch(cfg.patience)
         self.history_: list[dict[str, float]] = []
         bar = tqdm(range(epochs), desc="drel", unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
@@ -181,18 +181,14 @@ class DRELTagger(TaggingMethod):
                 with torch.no_grad():
                     val_scores = (net.embed_images(xv) @ net.tag_matrix().T).numpy()
                 record["val_f1"] = validation_f1(yv, val_scores)
-                if record["val_f1"] > best_f1:
-                    best_f1, best_state, best_epoch, stale = record["val_f1"], copy.deepcopy(net.state_dict()), epoch, 0
-                else:
-                    stale += 1
+                stop = tracker.update(record["val_f1"], epoch + 1, net)
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_f1=f"{record['val_f1']:.4f}")
             self.history_.append(record)
-            if have_val and stale >= cfg.patience:
+            if have_val and stop:
                 break
-        if best_state is not None:
-            net.load_state_dict(best_state)
-            log.info("drel: best validation per-tag F1@5 %.4f at epoch %d", best_f1, best_epoch + 1)
-        self.best_epoch_ = best_epoch + 1 if best_state is not None else len(self.history_)
+        if tracker.restore(net):
+            log.info("drel: best validation per-tag F1@5 %.4f at epoch %d", tracker.best, tracker.epoch)
+        self.best_epoch_ = tracker.epoch or len(self.history_)
         self.net_ = net.eval()
         self.n_features_ = x.shape[1]
         self.n_tags_ = y.shape[1]

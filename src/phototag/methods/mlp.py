@@ -6,7 +6,6 @@ early stopping on validation mAP with the best epoch kept (seed 001's head, with
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from ..metrics import mean_average_precision
+from ._training import BestEpoch
 from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class MLPTagger(TaggingMethod):
             xv = torch.from_numpy(np.asarray(val_inputs["features"], dtype=np.float32))
             yv = (np.asarray(val_targets) > 0).astype(np.float32)
         epochs = cfg.max_epochs if have_val else cfg.epochs_without_val
-        best_map, best_state, best_epoch, stale = -1.0, None, 0, 0
+        tracker = BestEpoch(cfg.patience)
         self.history_: list[dict[str, float]] = []
         bar = tqdm(range(epochs), desc="mlp", unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
@@ -111,23 +111,14 @@ class MLPTagger(TaggingMethod):
                 with torch.no_grad():
                     val_scores = torch.sigmoid(head(xv)).numpy()
                 record["val_map"] = mean_average_precision(yv, val_scores)
-                if record["val_map"] > best_map:
-                    best_map, best_state, best_epoch, stale = (
-                        record["val_map"],
-                        copy.deepcopy(head.state_dict()),
-                        epoch + 1,
-                        0,
-                    )
-                else:
-                    stale += 1
+                stop = tracker.update(record["val_map"], epoch + 1, head)
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_map=f"{record['val_map']:.4f}")
             self.history_.append(record)
-            if have_val and stale >= cfg.patience:
+            if have_val and stop:
                 break
-        if best_state is not None:
-            head.load_state_dict(best_state)
-            log.info("mlp: best validation mAP %.4f at epoch %d", best_map, best_epoch)
-        self.best_epoch_ = best_epoch or len(self.history_)
+        if tracker.restore(head):
+            log.info("mlp: best validation mAP %.4f at epoch %d", tracker.best, tracker.epoch)
+        self.best_epoch_ = tracker.epoch or len(self.history_)
         self.head_ = head.eval()
         self.n_features_ = x.shape[1]
         self.n_tags_ = y.shape[1]

@@ -9,7 +9,6 @@ the ranking. Embedding norms are kept ≤ ``max_norm`` (the paper's constraint, 
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from ._ranking import check_features, feature_stats, fit_global_platt, platt, positive_pairs, validation_f1
+from ._training import BestEpoch
 from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class WSABIETagger(TaggingMethod):
         epochs = cfg.max_epochs if have_val else cfg.epochs_without_val
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-        best_f1, best_state, best_epoch, stale = -1.0, None, 0, 0
+        tracker = BestEpoch(cfg.patience)
         self.history_: list[dict[str, float]] = []
         bar = tqdm(range(epochs), desc="wsabie", unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
@@ -137,18 +137,14 @@ class WSABIETagger(TaggingMethod):
             if have_val:
                 with torch.no_grad():
                     record["val_f1"] = validation_f1(yv, net(xv).numpy())
-                if record["val_f1"] > best_f1:
-                    best_f1, best_state, best_epoch, stale = record["val_f1"], copy.deepcopy(net.state_dict()), epoch, 0
-                else:
-                    stale += 1
+                stop = tracker.update(record["val_f1"], epoch + 1, net)
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_f1=f"{record['val_f1']:.4f}")
             self.history_.append(record)
-            if have_val and stale >= cfg.patience:
+            if have_val and stop:
                 break
-        if best_state is not None:
-            net.load_state_dict(best_state)
-            log.info("wsabie: best validation per-tag F1@5 %.4f at epoch %d", best_f1, best_epoch + 1)
-        self.best_epoch_ = best_epoch + 1 if best_state is not None else len(self.history_)
+        if tracker.restore(net):
+            log.info("wsabie: best validation per-tag F1@5 %.4f at epoch %d", tracker.best, tracker.epoch)
+        self.best_epoch_ = tracker.epoch or len(self.history_)
         self.net_ = net.eval()
         self.n_features_ = x.shape[1]
         self.n_tags_ = y.shape[1]
