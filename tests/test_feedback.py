@@ -86,3 +86,44 @@ def test_feedback_command_summary_and_export(tmp_path, capsys):
     assert Dataset.load(tmp_path / "ds").records[0].tags == ["blue"]
     assert main(["feedback", "export", str(tmp_path / "nope.sqlite"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_update_learns_accepted_tags_from_the_feedback_database(synthetic_dataset, synthetic_photos, tmp_path, capsys):
+    """`phototag update MODEL --feedback DB`: a tag accepted on the web page becomes a tag the model predicts."""
+    from phototag.cli import main
+    from phototag.model import load_model
+
+    model_dir = tmp_path / "knn"
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                str(synthetic_dataset),
+                "--method",
+                "knn",
+                "--set",
+                "k=5",
+                "--out",
+                str(model_dir),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
+    assert "favourite" not in load_model(model_dir).tags
+    photos = sorted((synthetic_photos / "img" / "test").iterdir())[:3]
+    db = tmp_path / "feedback.sqlite"
+    with FeedbackStore(db) as store:
+        for photo in photos:
+            image_id = store.add_image(photo.read_bytes(), name=photo.name, content_type="image/png")
+            store.add_decision(image_id, "favourite", "accept")
+    assert main(["-q", "update", str(model_dir), "--feedback", str(db), "--cache-dir", str(tmp_path / "cache")]) == 0
+    model = load_model(model_dir)
+    assert model.tags[-1] == "favourite" and model.info["updates"][-1]["n_images"] == 3
+    predictions, failures = model.predict([photos[0]], top_k=1, cache_dir=tmp_path / "cache")
+    assert not failures and predictions[0]["tags"][0]["tag"] == "favourite"  # its own photo is its nearest neighbour
+    capsys.readouterr()
+    assert main(["-q", "update", str(model_dir)]) == 2
+    assert "Give DATASET_DIR, --feedback DB" in capsys.readouterr().err

@@ -1,11 +1,13 @@
-"""``phototag update MODEL_DIR DATASET_DIR``: teach a trained model new images and brand-new tags (online learning)."""
+"""``phototag update MODEL_DIR [DATASET_DIR] [--feedback DB]``: teach a model new images and new tags online."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
+from pathlib import Path
 
-from ..cli import EXIT_OK
+from ..cli import EXIT_OK, CLIError
 
 log = logging.getLogger("phototag")
 
@@ -20,7 +22,13 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("model", metavar="MODEL_DIR")
-    p.add_argument("dataset", metavar="DATASET_DIR")
+    p.add_argument("dataset", metavar="DATASET_DIR", nargs="?", help="dataset directory of new photos")
+    p.add_argument(
+        "--feedback",
+        metavar="DB",
+        default=None,
+        help="learn the tags accepted on the web page (the SQLite file of `phototag serve --feedback-db`)",
+    )
     p.add_argument("--out", default=None, metavar="NEW_MODEL_DIR", help="write the updated model here instead")
     p.add_argument(
         "--splits", nargs="+", default=["train", "val"], choices=("train", "val", "test"), help="records to learn from"
@@ -34,16 +42,30 @@ def cmd_update(args: argparse.Namespace) -> int:
     from ..model import TagModel
     from ..online import update_from_dataset
 
+    if args.dataset is None and args.feedback is None:
+        raise CLIError("Give DATASET_DIR, --feedback DB, or both: what should the model learn from?")
     model = TagModel.load(args.model)
     n_tags_before = len(model.vocab)
-    update_from_dataset(
-        model,
-        args.dataset,
-        splits=args.splits,
-        cache_dir=args.cache_dir,
-        min_new_tag_count=args.min_count,
-        progress=not args.quiet,
-    )
+    sources = [args.dataset] if args.dataset is not None else []
+    with tempfile.TemporaryDirectory(prefix="phototag-feedback-") as tmp:
+        if args.feedback is not None:
+            from ..feedback import feedback_to_dataset
+
+            if not Path(args.feedback).is_file():
+                raise CLIError(f"Feedback database '{args.feedback}' does not exist (phototag serve --feedback-db).")
+            # The export holds the stored photos; it must live until the update has read them.
+            feedback_dataset, report = feedback_to_dataset(args.feedback, Path(tmp) / "feedback")
+            log.info("feedback: %s", report)
+            sources.append(feedback_dataset)
+        for source in sources:
+            update_from_dataset(
+                model,
+                source,
+                splits=args.splits,
+                cache_dir=args.cache_dir,
+                min_new_tag_count=args.min_count,
+                progress=not args.quiet,
+            )
     out = args.out or args.model
     model.save(out)
     last = model.info["updates"][-1]
