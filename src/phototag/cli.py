@@ -157,19 +157,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def find_image_paths(paths: Sequence[str]) -> list[Path]:
+    """The image files under ``paths`` (files and folders); a missing path or no image at all is a CLIError."""
+    from .images import find_images
+
+    try:
+        found = find_images(paths)
+    except FileNotFoundError as err:
+        raise CLIError(str(err)) from None
+    if not found:
+        raise CLIError(f"No image files found in {' '.join(map(str, paths))}.")
+    return found
+
+
 def _predict_and_print(model, args: argparse.Namespace) -> int:
-    from .images import describe_failures, find_images
+    from .images import describe_failures
 
     if getattr(args, "input", None) is not None:
         return _predict_batch_and_print(model, args)
     if not args.paths:
         raise CLIError("Give image files or folders to tag, or --input CSV (columns file,user_tags).")
-    try:
-        paths = find_images(args.paths)
-    except FileNotFoundError as err:
-        raise CLIError(str(err)) from None
-    if not paths:
-        raise CLIError(f"No image files found in {' '.join(args.paths)}.")
+    paths = find_image_paths(args.paths)
     user_tags = None
     if getattr(args, "user_tags", None) is not None:
         user_tags = [args.user_tags.split()] * len(paths)

@@ -23,18 +23,13 @@ def _print_changes(changes, *, dry_run: bool, verb: str) -> None:
 
 def write_library_keywords(model, args: argparse.Namespace) -> int:
     """The ``tag --write`` branch: predict, then write the tags as keywords; returns the exit code."""
-    from ..cli import EXIT_OK, EXIT_PARTIAL, CLIError
-    from ..images import describe_failures, find_images
+    from ..cli import EXIT_OK, EXIT_PARTIAL, CLIError, find_image_paths
+    from ..images import describe_failures
     from ..xmp import model_identity, write_keywords
 
     if args.examples:
         raise CLIError("--write changes the photos' metadata; give your own PATHs, not --examples.")
-    try:
-        paths = find_images(args.paths)
-    except FileNotFoundError as err:
-        raise CLIError(str(err)) from None
-    if not paths:
-        raise CLIError(f"No image files found in {' '.join(args.paths)}.")
+    paths = find_image_paths(args.paths)
     predictions, unreadable = model.predict(paths, top_k=args.top_k, threshold=args.threshold, progress=not args.quiet)
     changes, failures = write_keywords(
         predictions, mode=args.write, model=model_identity(model), naming=args.sidecar, dry_run=args.dry_run
@@ -48,16 +43,11 @@ def write_library_keywords(model, args: argparse.Namespace) -> int:
 
 
 def cmd_untag(args: argparse.Namespace) -> int:
-    from ..cli import EXIT_OK, EXIT_PARTIAL, CLIError
-    from ..images import describe_failures, find_images
+    from ..cli import EXIT_OK, EXIT_PARTIAL, find_image_paths
+    from ..images import describe_failures
     from ..xmp import remove_keywords
 
-    try:
-        paths = find_images(args.paths)
-    except FileNotFoundError as err:
-        raise CLIError(str(err)) from None
-    if not paths:
-        raise CLIError(f"No image files found in {' '.join(args.paths)}.")
+    paths = find_image_paths(args.paths)
     changes, failures = remove_keywords(paths, mode=args.write, naming=args.sidecar, dry_run=args.dry_run)
     _print_changes(changes, dry_run=args.dry_run, verb="untagged")
     if failures:
