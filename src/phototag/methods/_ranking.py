@@ -1,5 +1,5 @@
-"""Pieces shared by the ranking methods (``drel``, ``wsabie``, ``svm``): feature standardisation, negative
-sampling, score calibration and validation tracking. Pure functions on arrays/tensors.
+"""Pieces shared by the ranking methods (``drel``, ``wsabie``, ``svm``): negative sampling, score calibration
+and validation tracking. Pure functions on arrays/tensors.
 """
 
 from __future__ import annotations
@@ -11,14 +11,6 @@ import numpy as np
 import torch
 
 from ..metrics import mean_image_average_precision, per_tag_at_k
-
-
-def feature_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and scale ``(d,)`` for standardisation; constant dims get a floor, not a tiny divisor."""
-    if x.ndim != 2:
-        raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {x.shape} instead.")
-    std = x.std(axis=0)
-    return x.mean(axis=0).astype(np.float32), np.maximum(std, 0.1 * float(std.mean()) + 1e-6).astype(np.float32)
 
 
 def check_features(inputs: Mapping[str, Any], n_features: int, name: str) -> np.ndarray:

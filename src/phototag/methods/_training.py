@@ -1,10 +1,20 @@
-"""Early stopping shared by the methods trained with gradient descent: keep the best validation epoch."""
+"""Training pieces shared by the methods fitted with gradient descent: feature standardisation and early stopping
+(keep the best validation epoch)."""
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 from torch import nn
+
+
+def feature_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and scale ``(d,)`` for standardisation; constant dims get a floor, not a tiny divisor."""
+    if x.ndim != 2:
+        raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {x.shape} instead.")
+    std = x.std(axis=0)
+    return x.mean(axis=0).astype(np.float32), np.maximum(std, 0.1 * float(std.mean()) + 1e-6).astype(np.float32)
 
 
 class BestEpoch:

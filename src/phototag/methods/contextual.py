@@ -33,7 +33,7 @@ from torch import nn
 
 from ..metrics import mean_average_precision
 from ..vocab import TagVocabulary
-from ._training import BestEpoch
+from ._training import BestEpoch, feature_stats
 from .base import MissingInputError, TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -281,10 +281,9 @@ class ContextualTagger(TaggingMethod):
                 net.embedding.weight[1:] = torch.from_numpy(vectors)
                 net.embedding.weight[0] = 0.0
         if x is not None:
-            net.mean.copy_(torch.from_numpy(x.mean(axis=0)))
-            std = x.std(axis=0)
-            # Constant feature dims (std 0, common after ReLU) must not be blown up by a tiny divisor.
-            net.scale.copy_(torch.from_numpy(np.maximum(std, 0.1 * float(std.mean()) + 1e-6)))
+            mean, scale = feature_stats(x)
+            net.mean.copy_(torch.from_numpy(mean))
+            net.scale.copy_(torch.from_numpy(scale))
 
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight_for(y, cfg.pos_weight, cfg.max_pos_weight, self.name))
         groups = [{"params": list(net.net.parameters()), "lr": cfg.lr}]

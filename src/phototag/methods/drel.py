@@ -28,14 +28,13 @@ from torch import nn
 
 from ._ranking import (
     check_features,
-    feature_stats,
     fit_global_platt,
     platt,
     positive_pairs,
     sample_negatives,
     validation_f1,
 )
-from ._training import BestEpoch
+from ._training import BestEpoch, feature_stats
 from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)

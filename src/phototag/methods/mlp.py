@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..metrics import mean_average_precision
-from ._training import BestEpoch
+from ._training import BestEpoch, feature_stats
 from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,9 @@ class MLPTagger(TaggingMethod):
         generator = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         head = self._build(x.shape[1], y.shape[1])
-        head.mean.copy_(torch.from_numpy(x.mean(axis=0)))
-        std = x.std(axis=0)
-        # Constant feature dims (std 0, common after ReLU) must not be blown up by a tiny divisor.
-        head.scale.copy_(torch.from_numpy(np.maximum(std, 0.1 * float(std.mean()) + 1e-6)))
+        mean, scale = feature_stats(x)
+        head.mean.copy_(torch.from_numpy(mean))
+        head.scale.copy_(torch.from_numpy(scale))
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=self._pos_weight(y))
         optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)

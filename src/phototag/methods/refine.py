@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._training import feature_stats
 from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,9 @@ class RefineTagger(TaggingMethod):
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         head = _Head(x.shape[1], cfg.hidden, g.shape[1], cfg.dropout)
-        head.mean.copy_(torch.from_numpy(x.mean(axis=0)))
-        std = x.std(axis=0)
-        head.scale.copy_(torch.from_numpy(np.maximum(std, 0.1 * float(std.mean()) + 1e-6)))
+        mean, scale = feature_stats(x)
+        head.mean.copy_(torch.from_numpy(mean))
+        head.scale.copy_(torch.from_numpy(scale))
         xt, gt = torch.from_numpy(x), torch.from_numpy(g)
         optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.history_: list[dict[str, float]] = []

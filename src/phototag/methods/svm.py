@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._ranking import check_features, feature_stats
+from ._ranking import check_features
+from ._training import feature_stats
 from .base import TaggingMethod, register_method
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._ranking import check_features, feature_stats, fit_global_platt, platt, positive_pairs, validation_f1
-from ._training import BestEpoch
+from ._ranking import check_features, fit_global_platt, platt, positive_pairs, validation_f1
+from ._training import BestEpoch, feature_stats
 from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
