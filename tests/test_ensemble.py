@@ -130,3 +130,50 @@ def test_train_calibrates_per_tag_thresholds(synthetic_dataset, feature_cache, t
         own = per_image_prf(truth[:, [j]].T, (scored.scores[:, j] >= thresholds[j])[None])["f1"][0]
         fixed = per_image_prf(truth[:, [j]].T, threshold_mask(scored.scores[:, [j]].T, 0.3, None))["f1"][0]
         assert own >= fixed - 1e-9
+
+
+def test_balance_offsets_match_top_k_counts_to_tag_frequencies():
+    from phototag.calibration import apply_offsets, tag_balance_offsets
+    from phototag.metrics import top_k_mask
+
+    rng = np.random.default_rng(0)
+    n, t = 600, 12
+    freq = np.linspace(0.02, 0.6, t)
+    y = (rng.random((n, t)) < freq).astype(int)
+    # A scorer that favours frequent tags everywhere (score grows with frequency), plus a weak signal.
+    scores = np.clip(0.5 * freq + 0.2 * y + 0.1 * rng.random((n, t)), 0, 1)
+    before = top_k_mask(scores, 3).sum(axis=0)
+    offsets = tag_balance_offsets(y, scores, k=3, power=1.0)
+    after = top_k_mask(apply_offsets(scores, offsets), 3).sum(axis=0)
+    target = y.sum(axis=0) / y.sum() * 3 * n
+    assert np.abs(after - target).max() <= 0.05 * target.max()
+    assert before[0] < 0.5 * target[0] < after[0]  # the rarest tag now gets its share of top-3 slots
+    with pytest.raises(ValueError, match="power must be >= 0"):
+        tag_balance_offsets(y, scores, power=-1)
+
+
+def test_ensemble_balance_offsets_are_fitted_out_of_fold_and_saved(synthetic_dataset, feature_cache, tmp_path):
+    from phototag.calibration import apply_offsets, tag_balance_offsets
+
+    config = {
+        "members": ["knn@efficientnet_lite0"],
+        "member_config": {"knn": {"k": 5}},
+        "stack_folds": 3,
+        "balance": 1.0,
+        "balance_k": 2,
+        "combiner": "average",
+        "feature_cache": str(feature_cache),
+    }
+    model = train(synthetic_dataset, method="ensemble", config=config, out=tmp_path / "m", progress=False)
+    method = model.method
+    assert set(method.offsets_) == set(COMBINERS) - {"stacker"}
+    train_records, _ = Dataset.load(synthetic_dataset).train_val(val_fraction=0.1, seed=0)
+    y = model.vocab.transform([r.tags for r in train_records])
+    np.testing.assert_allclose(method.offsets_["average"], tag_balance_offsets(y, method.oof_scores_[0], k=2))
+    ds = Dataset.load(synthetic_dataset)
+    inputs = {"images": [str(ds.image_path(r)) for r in ds.split("test")]}
+    raw = method.member_scores(inputs)[0]
+    reloaded = TagModel.load(tmp_path / "m")
+    np.testing.assert_allclose(reloaded.score_inputs(inputs), apply_offsets(raw, method.offsets_["average"]), rtol=1e-6)
+    with pytest.raises(ValueError, match="balance needs out-of-fold scores"):
+        create_method("ensemble", {"balance": 1.0, "stack_folds": 0})._check_config()

@@ -94,4 +94,6 @@ def test_save_refuses_foreign_folder_and_replaces_a_model(saved_model, tmp_path)
 
 def test_default_model_loads():
     model = load_model()
-    assert len(model.tags) >= 200 and model.backbone_spec is not None
+    assert len(model.tags) >= 200
+    # Heads only: image features come from backbones with offline weights (one spec, or the ensemble's members).
+    assert model.backbone_spec is not None or "images" in model.data_keys

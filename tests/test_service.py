@@ -88,7 +88,9 @@ def test_vocabulary_healthz_and_docs(server, default_model):
     status, body, _ = request(f"{url}/v1/tags")
     assert status == 200 and body["tags"] == default_model.tags and body["n_tags"] == 260
     status, health, _ = request(f"{url}/healthz")
-    assert status == 200 and health["status"] == "ok" and health["model"] == "mlp@default_model"
+    assert (
+        status == 200 and health["status"] == "ok" and health["model"] == f"{default_model.method.name}@default_model"
+    )
     status, schema, _ = request(f"{url}/openapi.json")
     assert status == 200 and {"/v1/tag", "/v1/tags", "/healthz", "/v1/feedback"} <= set(schema["paths"])
     status, page, _ = request(f"{url}/docs")
@@ -228,8 +230,8 @@ def test_feedback_api_and_export(server, photos, tmp_path):
     with FeedbackStore(db) as store:
         rows = [r for r in store.decisions() if r["image_id"] == image_id]
     assert [(r["tag"], r["decision"], r["model"]) for r in rows] == [
-        ("cat", "accept", "mlp@default_model"),
-        ("tiger", "reject", "mlp@default_model"),
+        ("cat", "accept", f"{shared_default_model().method.name}@default_model"),
+        ("tiger", "reject", f"{shared_default_model().method.name}@default_model"),
     ]
     dataset, report = feedback_to_dataset(db, tmp_path / "fb")
     record = next(r for r in Dataset.load(tmp_path / "fb").records if r.meta["sha1"] == image_id)
@@ -250,7 +252,10 @@ def test_serve_command_default_model_and_graceful_stop(photos, tmp_path):
     )
     try:
         line = process.stdout.readline()  # printed once the socket is listening
-        assert "mlp@default_model at http://127.0.0.1:" in line, (line, process.stderr.read() if process.poll() else "")
+        assert f"{shared_default_model().method.name}@default_model at http://127.0.0.1:" in line, (
+            line,
+            process.stderr.read() if process.poll() else "",
+        )
         url = line.split(" at ")[1].split()[0]
         status, body, _ = post_files(f"{url}/v1/tag?top_k=2", [upload(photos[0])])  # waits for start-up
         assert status == 200 and len(body[0]["tags"]) == 2

@@ -111,7 +111,7 @@ def test_upload_see_tags_accept_and_store_feedback(browser, tmp_path):
         decisions = conn.execute("SELECT tag, decision, model FROM decisions ORDER BY id").fetchall()
         stored = conn.execute("SELECT name, data FROM images").fetchall()
     assert decisions == [
-        (expected[0]["tag"], "accept", "mlp@default_model"),
-        (expected[1]["tag"], "reject", "mlp@default_model"),
+        (expected[0]["tag"], "accept", f"{model.method.name}@default_model"),
+        (expected[1]["tag"], "reject", f"{model.method.name}@default_model"),
     ]
     assert stored == [("cat photo.jpg", Path(photo).read_bytes())]

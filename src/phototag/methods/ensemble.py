@@ -15,6 +15,11 @@ are combined by:
   scored by members trained without it (scikit-learn's ``StackingClassifier``) — or, with ``stack_folds=0``, from
   the scores on the validation images, which the members never train on.
 
+With ``balance`` > 0, every fixed combiner also gets per-tag logit offsets fitted on its out-of-fold scores
+(:func:`phototag.calibration.tag_balance_offsets`): each tag lands in an image's top ``balance_k`` about as often as
+it occurs in training (to the power ``balance``), so frequent tags stop crowding rare ones out. The stacker, which
+learns its own biases, is left as it is.
+
 Every combiner is available from one saved ensemble: ``config.combiner`` is the default, and
 :meth:`EnsembleTagger.set_combiner` (``phototag predict --combiner NAME``) switches it at predict time.
 """
@@ -31,8 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..calibration import apply_offsets, tag_balance_offsets
 from ..images import describe_failures
-from ..metrics import mean_average_precision
+from ..metrics import mean_average_precision, per_tag_at_k
 from .base import TaggingMethod, create_method, get_method_class, register_method
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,8 @@ class EnsembleConfig:
     stacker_batch_size: int = 512  # images per stacker step
     stacker_max_epochs: int = 300  # upper bound on stacker epochs
     stacker_patience: int = 20  # stacker epochs without validation-mAP gain before stopping
+    balance: float = 0.0  # > 0: per-tag offsets so tag t is in a top balance_k as often as n_t ** balance; 0 = off
+    balance_k: int = 5  # the top-k the balancing offsets are fitted for
     vote_threshold: float = 0.5  # a member votes for a tag when its score is at least this ("round")
     feature_cache: str | bool | None = None  # feature cache root; None = ~/.cache/phototag/features, False = memory
     seed: int = 0  # seeds the folds and the stacker
@@ -124,6 +132,10 @@ class EnsembleTagger(TaggingMethod):
             raise ValueError(f"Unknown combiner '{cfg.combiner}'. Valid combiners: {', '.join(COMBINERS)}.")
         if cfg.stack_folds == 1 or cfg.stack_folds < 0:
             raise ValueError(f"stack_folds must be 0 (use validation scores) or >= 2. Got {cfg.stack_folds} instead.")
+        if cfg.balance < 0 or cfg.balance_k < 1:
+            raise ValueError(f"balance must be >= 0 and balance_k >= 1. Got {cfg.balance} and {cfg.balance_k} instead.")
+        if cfg.balance > 0 and cfg.stack_folds < 2:
+            raise ValueError("balance needs out-of-fold scores: set stack_folds >= 2 (or balance=0).")
 
     def _new_member(self, index: int) -> TaggingMethod:
         method, backbone = parse_member(self.config.members[index])
@@ -229,6 +241,12 @@ class EnsembleTagger(TaggingMethod):
         val_scores = None
         if have_val:
             val_scores = np.stack([m.score(v) for m, v in zip(self.members_, val_member_inputs, strict=True)])
+        self.offsets_: dict[str, np.ndarray] = {}
+        if oof is not None and cfg.balance > 0:
+            k = min(cfg.balance_k, n_tags)
+            for name in COMBINERS[:-1]:  # the fixed combiners; the stacker learns its own biases
+                combined = combine(oof, name, vote_threshold=cfg.vote_threshold)
+                self.offsets_[name] = tag_balance_offsets(y, combined, k=k, power=cfg.balance)
         if oof is not None:
             self.stacker_ = self._fit_stacker(oof, y, val_scores, yv)
         elif val_scores is not None:
@@ -239,11 +257,11 @@ class EnsembleTagger(TaggingMethod):
                 "(stack_folds=0 with a validation split)."
             )
         if have_val:
-            self.validation_ = {name: mean_average_precision(yv, self._combine(val_scores, name)) for name in COMBINERS}
-            self.validation_.update(
-                {f"member {m}": mean_average_precision(yv, s) for m, s in zip(cfg.members, val_scores, strict=True)}
-            )
-            log.info("ensemble validation mAP: %s", {k: round(v, 4) for k, v in self.validation_.items()})
+            # Validation metrics of every combiner and every member: does the ensemble beat its best member?
+            scored = {name: self._combine(val_scores, name) for name in COMBINERS}
+            scored.update({f"member {m}": s for m, s in zip(cfg.members, val_scores, strict=True)})
+            self.validation_ = {name: _summary(yv, s) for name, s in scored.items()}
+            log.info("ensemble validation: %s", self.validation_)
         return self
 
     def _fit_stacker(
@@ -294,7 +312,9 @@ class EnsembleTagger(TaggingMethod):
         if combiner == "stacker":
             with torch.no_grad():
                 return torch.sigmoid(self.stacker_(torch.from_numpy(_stack_inputs(member_scores)))).numpy()
-        return combine(member_scores, combiner, vote_threshold=self.config.vote_threshold)
+        scores = combine(member_scores, combiner, vote_threshold=self.config.vote_threshold)
+        offsets = getattr(self, "offsets_", {}).get(combiner)
+        return scores if offsets is None else apply_offsets(scores, offsets)
 
     def member_scores(self, inputs: Mapping[str, Any], *, progress: bool = False) -> np.ndarray:
         """Scores of every member ``(n_members, n_images, n_tags)``; rows of unreadable images are 0 (reported)."""
@@ -328,6 +348,7 @@ class EnsembleTagger(TaggingMethod):
             arrays.update({f"member{i}/{k}": v for k, v in member_arrays.items()})
             members_meta.append({"method": member.name, "config": member.config_dict(), "meta": meta})
         arrays.update({f"stacker/{k}": v.detach().cpu().numpy() for k, v in self.stacker_.state_dict().items()})
+        arrays.update({f"offsets/{name}": v for name, v in getattr(self, "offsets_", {}).items()})
         return arrays, {
             "n_tags": int(self.n_tags_),
             "members": members_meta,
@@ -348,8 +369,15 @@ class EnsembleTagger(TaggingMethod):
             {k[len("stacker/") :]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("stacker/")}
         )
         self.stacker_.eval()
+        self.offsets_ = {k[len("offsets/") :]: np.asarray(v) for k, v in arrays.items() if k.startswith("offsets/")}
         if meta.get("validation") is not None:
             self.validation_ = meta["validation"]
+
+
+def _summary(targets: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """mAP, F1@5 and N+@5 (the Corel5k per-word protocol) of ``scores`` on ``targets``."""
+    at5 = per_tag_at_k(targets, scores, k=min(5, scores.shape[1]))
+    return {"map": mean_average_precision(targets, scores), "f1@5": at5["f1"], "n_plus@5": at5["n_plus"]}
 
 
 def _stack_inputs(member_scores: np.ndarray) -> np.ndarray:
