@@ -270,8 +270,9 @@ def test_serve_command_default_model_and_graceful_stop(photos, tmp_path):
             process.wait(10)
 
 
-def test_a_failing_model_gives_a_json_500_and_the_server_keeps_serving(default_model, photos):
+def test_a_failing_model_gives_a_json_500_and_the_server_keeps_serving(photos):
     """A model directory whose method expects other features: the request fails cleanly, the batcher survives."""
+    from phototag.backbones import create_backbone
     from phototag.methods import create_method
     from phototag.model import TagModel
     from phototag.vocab import TagVocabulary
@@ -279,8 +280,9 @@ def test_a_failing_model_gives_a_json_500_and_the_server_keeps_serving(default_m
     rng = np.random.default_rng(0)
     method = create_method("knn").fit({"features": rng.normal(size=(6, 16)).astype(np.float32)}, np.eye(6, 2))
     vocab = TagVocabulary().fit([["a"], ["b"]])
-    broken = TagModel(method, vocab, backbone_spec=default_model.backbone_spec)
-    broken._backbone = default_model.backbone()  # same real backbone (1280-d features), no second load
+    backbone = create_backbone("efficientnet_lite0")  # real 1280-d features, which this 16-d knn cannot score
+    broken = TagModel(method, vocab, backbone_spec=backbone.spec)
+    broken._backbone = backbone
     with running_server(create_app(broken)) as url:
         for _ in range(2):
             status, body, _ = post_files(f"{url}/v1/tag", [upload(photos[0])])
