@@ -38,7 +38,6 @@ N_HELDOUT = 500
 
 def main(argv: list[str] | None = None) -> int:
     from corel5k import heldout_dataset
-
     from phototag.model import default_model_path
     from phototag.pipeline import evaluate, train
 
