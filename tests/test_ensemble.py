@@ -97,6 +97,25 @@ def test_stacker_learns_from_out_of_fold_scores_only(ensemble_model, synthetic_d
         np.testing.assert_allclose(model.method.oof_scores_[1, held], knn.score({"features": features[held]}))
 
 
+def test_members_features_follow_the_predict_cache_and_the_service_keeps_none(
+    ensemble_model, synthetic_dataset, tmp_path
+):
+    from PIL import Image
+
+    from phototag.service import DecodedImage, make_scorer
+
+    model = TagModel.load(ensemble_model[1])  # a copy of its own: the service switches its caching off
+    ds = Dataset.load(synthetic_dataset)
+    paths = [ds.image_path(r) for r in ds.split("test")[:3]]
+    scored = model.score_images(paths, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*/shard-*.npz"))) == 1  # predict's --cache-dir is honoured
+    items = [DecodedImage(p.name, p.read_bytes(), Image.open(p).convert("RGB")) for p in paths]
+    np.testing.assert_allclose(make_scorer(model)(items), scored.scores, rtol=1e-5, atol=1e-6)
+    stores = model.method._stores.values()
+    assert stores and all(store.dir is None and not store._memory for store in stores)
+    assert len(list((tmp_path / "cache").glob("*/shard-*.npz"))) == 1
+
+
 def test_cli_predict_with_a_combiner(ensemble_model, synthetic_dataset, capsys):
     _, out = ensemble_model
     ds = Dataset.load(synthetic_dataset)

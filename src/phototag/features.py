@@ -69,6 +69,8 @@ class FeatureStore:
         backbone: The feature extractor (its resolved spec keys the cache).
         cache_dir: Root folder of the cache; ``None`` = :func:`default_cache_dir` / "features". ``False`` = keep
             features in memory only.
+        memory: Keep extracted features in memory for later calls. ``False`` with ``cache_dir=False`` keeps
+            nothing between calls (a long-running service scoring uploads, whose memory must not grow).
         device: Where to run the backbone; ``None`` = CUDA if available.
         batch_size: Images per forward pass.
         max_pixels: Decompression-bomb guard passed to :func:`phototag.images.decode_image`.
@@ -89,8 +91,10 @@ class FeatureStore:
         batch_size: int = 32,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         flush_every: int = 512,
+        memory: bool = True,
     ):
         self.backbone = backbone
+        self.memory = memory
         self.device = torch.device(device) if device is not None else best_device()
         self.batch_size = batch_size
         self.max_pixels = max_pixels
@@ -101,6 +105,10 @@ class FeatureStore:
         else:
             root = Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir() / "features"
             self.dir = root / self.key
+        if not memory and self.dir is not None:
+            raise ValueError(
+                f"FeatureStore(memory=False) keeps nothing, so it needs cache_dir=False. Got {cache_dir!r}."
+            )
         self._memory: dict[str, np.ndarray] = {}
         self._loaded = False
         self._transform = backbone.transform()
@@ -176,6 +184,8 @@ class FeatureStore:
         from tqdm.auto import tqdm
 
         self._load_cache()
+        # Features of this call; they join the store's memory only when it keeps one.
+        known = self._memory if self.memory else {}
         n = len(paths)
         features = np.zeros((n, self.num_features), dtype=np.float32)
         ok = np.zeros(n, dtype=bool)
@@ -190,7 +200,7 @@ class FeatureStore:
                 continue
             digest = content_hash(data)
             digests[i] = digest
-            cached = self._memory.get(digest)
+            cached = known.get(digest)
             if cached is not None:
                 features[i], ok[i] = cached, True
             else:
@@ -205,7 +215,7 @@ class FeatureStore:
                 out = self._embed(batch_tensors)
                 for j, row in zip(batch_idx, out, strict=True):
                     features[j], ok[j] = row, True
-                    self._memory[digests[j]] = row
+                    known[digests[j]] = row
                     pending[digests[j]] = row
                 bar.update(len(batch_idx))
                 batch_idx.clear()
@@ -215,8 +225,8 @@ class FeatureStore:
 
             try:
                 for i in todo:
-                    if digests[i] in self._memory:  # duplicate content within this call
-                        features[i], ok[i] = self._memory[digests[i]], True
+                    if digests[i] in known:  # duplicate content within this call
+                        features[i], ok[i] = known[digests[i]], True
                         bar.update(1)
                         continue
                     try:

@@ -154,6 +154,8 @@ class TagModel:
         """Score image files; unreadable ones are returned in ``failures``, never dropped silently."""
         from .pipeline import build_inputs, subset_inputs
 
+        if "images" in self.data_keys:
+            self.method.use_feature_cache(cache_dir)  # e.g. an ensemble's members: the same cache as feature models
         inputs, ok, failures = build_inputs(
             self.data_keys,
             image_paths=[str(p) for p in paths],

@@ -84,11 +84,16 @@ def make_scorer(model: TagModel) -> Callable[[Sequence[DecodedImage]], np.ndarra
     """A function scoring decoded uploads with ``model`` through the method interface: ``(n, n_tags)`` scores.
 
     Builds exactly the inputs the method declares: ``"features"`` from the decoded pictures (the same backbone
-    preprocessing as ``predict``, no disk cache), ``"images"`` as temporary files of the uploaded bytes,
+    preprocessing as ``predict``, no cache), ``"images"`` as temporary files of the uploaded bytes (features the
+    method extracts from them are not cached either),
     ``"user_tags"`` from the request.
     """
     keys = model.data_keys
     store = model.feature_store(False) if "features" in keys else None
+    if "images" in keys:
+        # Methods that extract features from the files themselves (an ensemble's members) keep none of an upload's:
+        # neither on disk nor in memory, so a long-running server neither fills the cache nor grows.
+        model.method.use_feature_cache(False, memory=False)
 
     def score(items: Sequence[DecodedImage]) -> np.ndarray:
         inputs: dict[str, Any] = {}

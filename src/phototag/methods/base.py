@@ -10,6 +10,7 @@ arrays plus a JSON-able dict, which :mod:`phototag.model` writes to safetensors 
 from __future__ import annotations
 
 import dataclasses
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -98,6 +99,16 @@ class TaggingMethod(ABC):
         raise NotImplementedError(
             f"Method '{self.name}' does not support online updates; retrain it with `phototag train`."
         )
+
+    # --- optional: methods that extract image features themselves ------------------------------------------------
+    def use_feature_cache(self, cache_dir: str | os.PathLike | bool | None, *, memory: bool = True) -> None:
+        """Where features this method extracts itself from ``"images"`` inputs are cached from now on.
+
+        ``cache_dir`` is a feature-cache root, ``None`` (the user cache) or ``False`` (memory only); with
+        ``memory=False`` as well nothing is kept between calls (the HTTP service). Methods that get ready-made
+        features, or that compute none to keep (``cnn``), have nothing to cache and ignore it.
+        """
+        return None
 
     # --- shared behaviour ---------------------------------------------------------------------------------------
     @property

@@ -150,8 +150,22 @@ class EnsembleTagger(TaggingMethod):
 
         stores = self.__dict__.setdefault("_stores", {})
         if backbone not in stores:
-            stores[backbone] = FeatureStore(create_backbone(backbone), self.config.feature_cache)
+            memory = self.__dict__.get("_keep_features", True)
+            stores[backbone] = FeatureStore(create_backbone(backbone), self.config.feature_cache, memory=memory)
         return stores[backbone]
+
+    def use_feature_cache(self, cache_dir, *, memory: bool = True) -> None:
+        """Cache the members' features under ``cache_dir`` from now on (see :meth:`TaggingMethod.use_feature_cache`);
+        the backbones already loaded are kept."""
+        from ..features import FeatureStore
+
+        cache = str(cache_dir) if cache_dir not in (None, True, False) else cache_dir
+        if cache == self.config.feature_cache and memory == self.__dict__.get("_keep_features", True):
+            return
+        self.config.feature_cache = cache
+        self._keep_features = memory
+        old = self.__dict__.get("_stores", {})
+        self._stores = {name: FeatureStore(store.backbone, cache, memory=memory) for name, store in old.items()}
 
     def _member_inputs(self, paths: Sequence[str], progress: bool) -> tuple[list[dict[str, Any]], np.ndarray, list]:
         """Per-member inputs for ``paths``, the (n,) mask of images every member could read, and the failures."""
