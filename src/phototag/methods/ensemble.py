@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +155,7 @@ class EnsembleTagger(TaggingMethod):
             stores[backbone] = FeatureStore(create_backbone(backbone), self.config.feature_cache, memory=memory)
         return stores[backbone]
 
-    def use_feature_cache(self, cache_dir, *, memory: bool = True) -> None:
+    def use_feature_cache(self, cache_dir: str | os.PathLike | bool | None, *, memory: bool = True) -> None:
         """Cache the members' features under ``cache_dir`` from now on (see :meth:`TaggingMethod.use_feature_cache`);
         the backbones already loaded are kept."""
         from ..features import FeatureStore
