@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import copy
+import logging
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -20,6 +22,9 @@ def feature_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class BestEpoch:
     """Tracks a validation score per epoch, keeps a copy of the best weights and says when patience ran out.
 
+    With ``metric`` (the key of the validation score in each epoch's record), :meth:`end_epoch` and :meth:`finish`
+    do the bookkeeping of a whole epoch loop, and :attr:`history` collects the records.
+
     Example:
         >>> tracker = BestEpoch(patience=2)
         >>> net = nn.Linear(2, 1)
@@ -27,14 +32,22 @@ class BestEpoch:
         [False, False, False, True]
         >>> tracker.best, tracker.epoch
         (0.7, 2)
+        >>> tracker = BestEpoch(patience=2, metric="val_map")
+        >>> records = [{"epoch": e, "train_loss": 0.1, "val_map": v} for e, v in enumerate([0.5, 0.4, 0.3], 1)]
+        >>> [tracker.end_epoch(record, net) for record in records]
+        [False, False, True]
+        >>> tracker.finish(net, logging.getLogger(__name__), "best validation mAP"), len(tracker.history)
+        (1, 3)
     """
 
-    def __init__(self, patience: int):
+    def __init__(self, patience: int, *, metric: str | None = None):
         self.patience = patience
+        self.metric = metric
         self.best = -float("inf")
         self.epoch = 0  # 1-based epoch of the best score; 0 = none yet
         self.state: dict | None = None
         self.stale = 0
+        self.history: list[dict[str, Any]] = []
 
     def update(self, value: float, epoch: int, module: nn.Module) -> bool:
         """Record ``value`` for 1-based ``epoch``; returns True when training should stop."""
@@ -44,6 +57,25 @@ class BestEpoch:
         else:
             self.stale += 1
         return self.stale >= self.patience
+
+    def end_epoch(self, record: dict[str, Any], module: nn.Module, bar: Any = None) -> bool:
+        """Append ``record`` (``epoch``, ``train_loss`` and, after a validation pass, the ``metric``) to
+        :attr:`history`, tracking its validation score and showing both numbers on the tqdm ``bar``; returns True
+        when training should stop (never without a validation score)."""
+        stop = False
+        if self.metric is not None and self.metric in record:
+            stop = self.update(record[self.metric], record["epoch"], module)
+            if bar is not None:
+                bar.set_postfix(**{"loss": f"{record['train_loss']:.4f}", self.metric: f"{record[self.metric]:.4f}"})
+        self.history.append(record)
+        return stop
+
+    def finish(self, module: nn.Module, logger: logging.Logger, label: str) -> int:
+        """Load the best weights into ``module``, logging ``"{label} {best} at epoch {epoch}"``; returns the 1-based
+        epoch the weights come from (the last one run when no validation score was recorded)."""
+        if self.restore(module):
+            logger.info("%s %.4f at epoch %d", label, self.best, self.epoch)
+        return self.epoch or len(self.history)
 
     def restore(self, module: nn.Module) -> bool:
         """Load the best weights into ``module``; False when no validation score was ever recorded."""

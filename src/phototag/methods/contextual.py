@@ -298,8 +298,8 @@ class ContextualTagger(TaggingMethod):
             yv = (np.asarray(val_targets) > 0).astype(np.float32)
             val_rows = np.arange(len(yv))
         epochs = cfg.max_epochs if have_val else cfg.epochs_without_val
-        tracker = BestEpoch(cfg.patience)
-        self.history_: list[dict[str, float]] = []
+        tracker = BestEpoch(cfg.patience, metric="val_map")
+        self.history_: list[dict[str, float]] = tracker.history
         bar = tqdm(range(epochs), desc="contextual", unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
             net.train()
@@ -322,14 +322,9 @@ class ContextualTagger(TaggingMethod):
                 with torch.no_grad():
                     val_scores = torch.sigmoid(self._forward(net, val_ids, val_x, val_rows)).numpy()
                 record["val_map"] = mean_average_precision(yv, val_scores)
-                stop = tracker.update(record["val_map"], epoch + 1, net)
-                bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_map=f"{record['val_map']:.4f}")
-            self.history_.append(record)
-            if have_val and stop:
+            if tracker.end_epoch(record, net, bar):
                 break
-        if tracker.restore(net):
-            log.info("contextual: best validation mAP %.4f at epoch %d", tracker.best, tracker.epoch)
-        self.best_epoch_ = tracker.epoch or len(self.history_)
+        self.best_epoch_ = tracker.finish(net, log, "contextual: best validation mAP")
         self.net_ = net.eval()
         self.n_tags_ = y.shape[1]
         return self

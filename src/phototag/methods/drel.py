@@ -170,8 +170,8 @@ class DRELTagger(TaggingMethod):
         epochs = cfg.max_epochs if have_val else cfg.epochs_without_val
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-        tracker = BestEpoch(cfg.patience)
-        self.history_: list[dict[str, float]] = []
+        tracker = BestEpoch(cfg.patience, metric="val_f1")
+        self.history_: list[dict[str, float]] = tracker.history
         bar = tqdm(range(epochs), desc="drel", unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
             record = {"epoch": epoch + 1, "train_loss": self._epoch(net, optimizer, xt, yt, generator)}
@@ -180,14 +180,9 @@ class DRELTagger(TaggingMethod):
                 with torch.no_grad():
                     val_scores = (net.embed_images(xv) @ net.tag_matrix().T).numpy()
                 record["val_f1"] = validation_f1(yv, val_scores)
-                stop = tracker.update(record["val_f1"], epoch + 1, net)
-                bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_f1=f"{record['val_f1']:.4f}")
-            self.history_.append(record)
-            if have_val and stop:
+            if tracker.end_epoch(record, net, bar):
                 break
-        if tracker.restore(net):
-            log.info("drel: best validation per-tag F1@5 %.4f at epoch %d", tracker.best, tracker.epoch)
-        self.best_epoch_ = tracker.epoch or len(self.history_)
+        self.best_epoch_ = tracker.finish(net, log, "drel: best validation per-tag F1@5")
         self.net_ = net.eval()
         self.n_features_ = x.shape[1]
         self.n_tags_ = y.shape[1]

@@ -90,8 +90,8 @@ class MLPTagger(TaggingMethod):
             xv = torch.from_numpy(np.asarray(val_inputs["features"], dtype=np.float32))
             yv = (np.asarray(val_targets) > 0).astype(np.float32)
         epochs = cfg.max_epochs if have_val else cfg.epochs_without_val
-        tracker = BestEpoch(cfg.patience)
-        self.history_: list[dict[str, float]] = []
+        tracker = BestEpoch(cfg.patience, metric="val_map")
+        self.history_: list[dict[str, float]] = tracker.history
         bar = tqdm(range(epochs), desc="mlp", unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
             head.train()
@@ -110,14 +110,9 @@ class MLPTagger(TaggingMethod):
                 with torch.no_grad():
                     val_scores = torch.sigmoid(head(xv)).numpy()
                 record["val_map"] = mean_average_precision(yv, val_scores)
-                stop = tracker.update(record["val_map"], epoch + 1, head)
-                bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_map=f"{record['val_map']:.4f}")
-            self.history_.append(record)
-            if have_val and stop:
+            if tracker.end_epoch(record, head, bar):
                 break
-        if tracker.restore(head):
-            log.info("mlp: best validation mAP %.4f at epoch %d", tracker.best, tracker.epoch)
-        self.best_epoch_ = tracker.epoch or len(self.history_)
+        self.best_epoch_ = tracker.finish(head, log, "mlp: best validation mAP")
         self.head_ = head.eval()
         self.n_features_ = x.shape[1]
         self.n_tags_ = y.shape[1]
