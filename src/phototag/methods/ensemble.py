@@ -26,7 +26,6 @@ Every combiner is available from one saved ensemble: ``config.combiner`` is the 
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -40,6 +39,7 @@ from torch import nn
 from ..calibration import apply_offsets, tag_balance_offsets
 from ..images import describe_failures
 from ..metrics import mean_average_precision, per_tag_at_k
+from ._training import BestEpoch
 from .base import TaggingMethod, create_method, get_method_class, register_method
 
 log = logging.getLogger(__name__)
@@ -291,9 +291,8 @@ class EnsembleTagger(TaggingMethod):
         optimizer = torch.optim.Adam(stacker.parameters(), lr=cfg.stacker_lr)
         loss_fn = nn.BCEWithLogitsLoss()
         xv = torch.from_numpy(_stack_inputs(val_scores)) if val_scores is not None else None
-        best, best_state, stale = -1.0, None, 0
-        epochs = cfg.stacker_max_epochs
-        for _ in range(epochs):
+        tracker = BestEpoch(cfg.stacker_patience)
+        for epoch in range(1, cfg.stacker_max_epochs + 1):
             stacker.train()
             order = torch.randperm(len(x), generator=generator)
             for start in range(0, len(x), cfg.stacker_batch_size):
@@ -306,14 +305,9 @@ class EnsembleTagger(TaggingMethod):
             stacker.eval()
             with torch.no_grad():
                 value = mean_average_precision(val_targets, torch.sigmoid(stacker(xv)).numpy())
-            if value > best:
-                best, best_state, stale = value, copy.deepcopy(stacker.state_dict()), 0
-            else:
-                stale += 1
-                if stale >= cfg.stacker_patience:
-                    break
-        if best_state is not None:
-            stacker.load_state_dict(best_state)
+            if tracker.update(value, epoch, stacker):
+                break
+        tracker.restore(stacker)
         return stacker.eval()
 
     # --- scoring ------------------------------------------------------------------------------------------------
