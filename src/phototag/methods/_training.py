@@ -23,7 +23,8 @@ class BestEpoch:
     """Tracks a validation score per epoch, keeps a copy of the best weights and says when patience ran out.
 
     With ``metric`` (the key of the validation score in each epoch's record), :meth:`end_epoch` and :meth:`finish`
-    do the bookkeeping of a whole epoch loop, and :attr:`history` collects the records.
+    do the bookkeeping of a whole epoch loop, and :attr:`history` collects the records. Scores are compared with
+    ``>``, so a tuple such as ``(f1, map)`` breaks ties on its later items; ``floor`` is what the first score must beat.
 
     Example:
         >>> tracker = BestEpoch(patience=2)
@@ -40,16 +41,16 @@ class BestEpoch:
         (1, 3)
     """
 
-    def __init__(self, patience: int, *, metric: str | None = None):
+    def __init__(self, patience: int, *, metric: str | None = None, floor: Any = -float("inf")):
         self.patience = patience
         self.metric = metric
-        self.best = -float("inf")
+        self.best = floor
         self.epoch = 0  # 1-based epoch of the best score; 0 = none yet
         self.state: dict | None = None
         self.stale = 0
         self.history: list[dict[str, Any]] = []
 
-    def update(self, value: float, epoch: int, module: nn.Module) -> bool:
+    def update(self, value: float | tuple[float, ...], epoch: int, module: nn.Module) -> bool:
         """Record ``value`` for 1-based ``epoch``; returns True when training should stop."""
         if value > self.best:
             self.best, self.epoch, self.stale = value, epoch, 0
@@ -76,6 +77,11 @@ class BestEpoch:
         if self.restore(module):
             logger.info("%s %.4f at epoch %d", label, self.best, self.epoch)
         return self.epoch or len(self.history)
+
+    def new_stage(self, module: nn.Module) -> None:
+        """Start another training stage from the best weights so far; patience counts afresh within the stage."""
+        self.restore(module)
+        self.stale = 0
 
     def restore(self, module: nn.Module) -> bool:
         """Load the best weights into ``module``; False when no validation score was ever recorded."""

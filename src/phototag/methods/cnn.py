@@ -14,7 +14,6 @@ backbone (~14 MB for Lite0) — unlike the feature-head methods, whose models ho
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -29,6 +28,7 @@ from torch import nn
 from ..images import ImageLoadError, describe_failures, load_image
 from ..losses import LOSSES, make_loss
 from ..metrics import mean_average_precision, per_image_prf, threshold_mask
+from ._training import BestEpoch
 from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,8 @@ class CNNTagger(TaggingMethod):
         blocks = backbone_blocks(net.backbone.model)
         failed: dict[int, str] = {}
         self.history_: list[dict[str, Any]] = []
-        best: tuple[tuple[float, float], dict[str, torch.Tensor], int] | None = None
+        # Validation F1 decides, mAP breaks ties; the best network so far is kept across both stages.
+        tracker = BestEpoch(cfg.patience, floor=(-math.inf, -math.inf))
         step, warned = 0, False
         lr0 = cfg.lr if cfg.lr is not None else _DEFAULT_LR[cfg.optimizer]
         stages = [
@@ -312,8 +313,7 @@ class CNNTagger(TaggingMethod):
         for stage, epochs, n_unfrozen, lr in stages:
             if epochs == 0:
                 continue
-            if best is not None:
-                net.load_state_dict(best[1])  # each stage starts from the best network so far
+            tracker.new_stage(net)
             for param in net.backbone.parameters():
                 param.requires_grad_(False)
             unfrozen = blocks[len(blocks) - min(n_unfrozen, len(blocks)) :] if n_unfrozen else []
@@ -325,7 +325,6 @@ class CNNTagger(TaggingMethod):
                 optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             else:
                 optimizer = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-            stale = 0
             for epoch in range(epochs):
                 net.train()
                 # Frozen layers keep their ImageNet batch-norm statistics; only unfrozen units update theirs.
@@ -373,11 +372,7 @@ class CNNTagger(TaggingMethod):
                 if have_val:
                     f1, val_map = self._validation_f1(val_paths, yv)
                     record.update(val_f1=f1, val_map=val_map)
-                    if best is None or (f1, val_map) > best[0]:
-                        best = ((f1, val_map), copy.deepcopy(net.state_dict()), record["epoch"])
-                        stale = 0
-                    else:
-                        stale += 1
+                    stop = tracker.update((f1, val_map), record["epoch"], net)
                     log.info(
                         "cnn %s epoch %d: loss %.4f, val F1 %.4f, val mAP %.4f",
                         stage,
@@ -386,20 +381,18 @@ class CNNTagger(TaggingMethod):
                         f1,
                         val_map,
                     )
-                else:
-                    best = ((math.nan, math.nan), copy.deepcopy(net.state_dict()), record["epoch"])
                 self.history_.append(record)
-                if have_val and stale >= cfg.patience:
+                if have_val and stop:
                     break
-        assert best is not None
-        net.load_state_dict(best[1])
-        self.best_epoch_ = best[2]
+        # Without validation there is no best epoch: the network of the last epoch is kept.
+        tracker.restore(net)
+        self.best_epoch_ = tracker.epoch or len(self.history_)
         self.n_failed_train_ = len(failed)
         for param in net.parameters():
             param.requires_grad_(False)
         self.network_ = net.eval()
         if have_val:
-            log.info("cnn: best validation F1 %.4f (mAP %.4f) at epoch %d", *best[0], best[2])
+            log.info("cnn: best validation F1 %.4f (mAP %.4f) at epoch %d", *tracker.best, tracker.epoch)
         return self
 
     # --- state --------------------------------------------------------------------------------------------------
