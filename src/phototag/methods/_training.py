@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 
@@ -17,6 +18,26 @@ def feature_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {x.shape} instead.")
     std = x.std(axis=0)
     return x.mean(axis=0).astype(np.float32), np.maximum(std, 0.1 * float(std.mean()) + 1e-6).astype(np.float32)
+
+
+class StandardizedNet(nn.Module):
+    """Base of the networks on raw backbone features: buffers ``mean`` and ``scale`` ``(d_in,)`` standardise the
+    input, and are saved with the weights so a loaded model needs no training data."""
+
+    def __init__(self, d_in: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(d_in))
+        self.register_buffer("scale", torch.ones(d_in))
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised features ``(n, d_in)`` of raw features ``(n, d_in)``."""
+        return (x - self.mean) / self.scale
+
+    def fit_standardization(self, x: np.ndarray) -> None:
+        """Set ``mean`` and ``scale`` from the training features ``(n, d_in)`` (see :func:`feature_stats`)."""
+        mean, scale = feature_stats(x)
+        self.mean.copy_(torch.from_numpy(mean))
+        self.scale.copy_(torch.from_numpy(scale))
 
 
 class BestEpoch:

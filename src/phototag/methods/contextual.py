@@ -33,7 +33,7 @@ from torch import nn
 
 from ..metrics import mean_average_precision
 from ..vocab import TagVocabulary
-from ._training import BestEpoch, feature_stats
+from ._training import BestEpoch, StandardizedNet
 from .base import MissingInputError, TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class ContextualConfig:
     seed: int = 0  # seeds initialisation, dropout, tag dropout and shuffling
 
 
-class _ContextualNet(nn.Module):
+class _ContextualNet(StandardizedNet):
     """``concat(pool(embed(user tags)), standardised image features)`` → n × (Linear, ReLU, Dropout) → Linear."""
 
     def __init__(
@@ -93,7 +93,7 @@ class _ContextualNet(nn.Module):
         dropout: float,
         image_dropout: float = 0.0,
     ):
-        super().__init__()
+        super().__init__(n_features)
         self.use_tags = n_user_tags > 0
         self.use_image = n_features > 0
         # Slot 0 (out-of-vocabulary) is a real, trained embedding; an empty bag pools to zeros.
@@ -102,8 +102,6 @@ class _ContextualNet(nn.Module):
             if self.use_tags
             else None
         )
-        self.register_buffer("mean", torch.zeros(n_features))
-        self.register_buffer("scale", torch.ones(n_features))
         self.image_dropout = nn.Dropout(image_dropout)
         d_in = (embedding_dim if self.use_tags else 0) + n_features
         blocks: list[nn.Module] = []
@@ -120,7 +118,7 @@ class _ContextualNet(nn.Module):
         if self.use_tags:
             parts.append(self.embedding(tag_ids, offsets))
         if self.use_image:
-            parts.append(self.image_dropout((features - self.mean) / self.scale))
+            parts.append(self.image_dropout(self.standardize(features)))
         return self.net(torch.cat(parts, dim=1))
 
 
@@ -281,9 +279,7 @@ class ContextualTagger(TaggingMethod):
                 net.embedding.weight[1:] = torch.from_numpy(vectors)
                 net.embedding.weight[0] = 0.0
         if x is not None:
-            mean, scale = feature_stats(x)
-            net.mean.copy_(torch.from_numpy(mean))
-            net.scale.copy_(torch.from_numpy(scale))
+            net.fit_standardization(x)
 
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight_for(y, cfg.pos_weight, cfg.max_pos_weight, self.name))
         groups = [{"params": list(net.net.parameters()), "lr": cfg.lr}]

@@ -34,7 +34,7 @@ from ._ranking import (
     sample_negatives,
     validation_f1,
 )
-from ._training import BestEpoch, feature_stats
+from ._training import BestEpoch, StandardizedNet
 from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,12 @@ class DRELConfig:
     seed: int = 0  # seeds initialisation, dropout, sampling and shuffling
 
 
-class _DRELNet(nn.Module):
+class _DRELNet(StandardizedNet):
     """Image network, tag embeddings + tag network, and the metric M."""
 
     def __init__(self, d_in: int, n_tags: int, tag_dim: int, cfg: DRELConfig):
-        super().__init__()
+        super().__init__(d_in)
         act = ACTIVATIONS[cfg.activation]
-        self.register_buffer("mean", torch.zeros(d_in))
-        self.register_buffer("scale", torch.ones(d_in))
         self.dropout = nn.Dropout(cfg.dropout)
         self.image_net = nn.Sequential(
             nn.Linear(d_in, cfg.image_hidden), act(), nn.Linear(cfg.image_hidden, cfg.latent_dim), act()
@@ -92,7 +90,7 @@ class _DRELNet(nn.Module):
 
     def embed_images(self, x: torch.Tensor) -> torch.Tensor:
         """x̃ ``(n, latent)`` of raw features ``(n, d)``."""
-        return self.image_net(self.dropout((x - self.mean) / self.scale))
+        return self.image_net(self.dropout(self.standardize(x)))
 
     def tag_matrix(self) -> torch.Tensor:
         """ỹᵀM for every tag ``(n_tags, latent)``: scores are ``embed_images(x) @ tag_matrix().T``."""
@@ -157,9 +155,7 @@ class DRELTagger(TaggingMethod):
         base = self._tag_base(names if names is not None else [""] * y.shape[1])
         self.tag_dim_ = int(base.shape[1])
         net = _DRELNet(x.shape[1], y.shape[1], self.tag_dim_, cfg)
-        mean, scale = feature_stats(x)
-        net.mean.copy_(torch.from_numpy(mean))
-        net.scale.copy_(torch.from_numpy(scale))
+        net.fit_standardization(x)
         net.tag_base.copy_(torch.from_numpy(base))
         with torch.no_grad():
             net.tag_offset.copy_(self._new_offsets(y.shape[1], generator))

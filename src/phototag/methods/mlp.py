@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..metrics import mean_average_precision
-from ._training import BestEpoch, feature_stats
+from ._training import BestEpoch, StandardizedNet
 from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -37,15 +37,13 @@ class MLPConfig:
     seed: int = 0  # seeds initialisation, dropout and shuffling
 
 
-class _Head(nn.Module):
+class _Head(StandardizedNet):
     def __init__(self, d_in: int, hidden: int, n_out: int, dropout: float):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(d_in))
-        self.register_buffer("scale", torch.ones(d_in))
+        super().__init__(d_in)
         self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.scale)
+        return self.net(self.standardize(x))
 
 
 @register_method("mlp")
@@ -79,9 +77,7 @@ class MLPTagger(TaggingMethod):
         generator = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         head = self._build(x.shape[1], y.shape[1])
-        mean, scale = feature_stats(x)
-        head.mean.copy_(torch.from_numpy(mean))
-        head.scale.copy_(torch.from_numpy(scale))
+        head.fit_standardization(x)
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=self._pos_weight(y))
         optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._training import feature_stats
+from ._training import StandardizedNet
 from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -60,19 +60,17 @@ class RefineConfig:
     seed: int = 0  # seeds initialisation, dropout and shuffling
 
 
-class _Head(nn.Module):
+class _Head(StandardizedNet):
     """Standardise → Dense ReLU (the feature φ(i)) → Dropout → Dense (tag logits)."""
 
     def __init__(self, d_in: int, hidden: int, n_out: int, dropout: float):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(d_in))
-        self.register_buffer("scale", torch.ones(d_in))
+        super().__init__(d_in)
         self.body = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU())
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, n_out)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body((x - self.mean) / self.scale)
+        return self.body(self.standardize(x))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature = self.embed(x)
@@ -116,9 +114,7 @@ class RefineTagger(TaggingMethod):
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         head = _Head(x.shape[1], cfg.hidden, g.shape[1], cfg.dropout)
-        mean, scale = feature_stats(x)
-        head.mean.copy_(torch.from_numpy(mean))
-        head.scale.copy_(torch.from_numpy(scale))
+        head.fit_standardization(x)
         xt, gt = torch.from_numpy(x), torch.from_numpy(g)
         optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.history_: list[dict[str, float]] = []

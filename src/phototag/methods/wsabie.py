@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ._ranking import check_features, fit_global_platt, platt, positive_pairs, validation_f1
-from ._training import BestEpoch, feature_stats
+from ._training import BestEpoch, StandardizedNet
 from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -39,16 +39,14 @@ class WSABIEConfig:
     seed: int = 0  # seeds initialisation, sampling and shuffling
 
 
-class _WSABIENet(nn.Module):
+class _WSABIENet(StandardizedNet):
     def __init__(self, d_in: int, n_tags: int, embed_dim: int):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(d_in))
-        self.register_buffer("scale", torch.ones(d_in))
+        super().__init__(d_in)
         self.project = nn.Linear(d_in, embed_dim, bias=False)
         self.tags = nn.Parameter(torch.randn(n_tags, embed_dim) / np.sqrt(embed_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project((x - self.mean) / self.scale) @ self.tags.T
+        return self.project(self.standardize(x)) @ self.tags.T
 
     @torch.no_grad()
     def clip_norms(self, max_norm: float) -> None:
@@ -109,9 +107,7 @@ class WSABIETagger(TaggingMethod):
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         net = _WSABIENet(x.shape[1], y.shape[1], cfg.embed_dim)
-        mean, scale = feature_stats(x)
-        net.mean.copy_(torch.from_numpy(mean))
-        net.scale.copy_(torch.from_numpy(scale))
+        net.fit_standardization(x)
         have_val = val_inputs is not None and val_targets is not None and len(val_targets) > 0
         if have_val:
             xv = torch.from_numpy(check_features(val_inputs, x.shape[1], "wsabie"))
