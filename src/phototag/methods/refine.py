@@ -100,17 +100,25 @@ class RefineTagger(TaggingMethod):
             if getattr(cfg, name) < 0:
                 raise ValueError(f"The '{name}' parameter of refine must be >= 0. Got {getattr(cfg, name)}.")
 
-    def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
-        from tqdm.auto import tqdm
-
+    def _checked_data(
+        self, inputs: Mapping[str, Any], targets: np.ndarray, tag_names: Sequence[str] | None
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Features ``(n, d)`` float32, noisy tags ``G`` ``(n, n_tags)`` 0/1 and the tag names, all checked."""
         self._check_config()
-        cfg = self.config
         n = self.check_inputs(inputs)
         g = self.check_targets(targets, n)
         names = self.check_tag_names(tag_names, g.shape[1])
         x = np.asarray(inputs["features"], dtype=np.float32)
         if x.ndim != 2:
             raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {x.shape} instead.")
+        return x, g, names
+
+    def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
+        from tqdm.auto import tqdm
+
+        x, g, names = self._checked_data(inputs, targets, tag_names)
+        cfg = self.config
+        n = len(x)
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         head = _Head(x.shape[1], cfg.hidden, g.shape[1], cfg.dropout)
@@ -146,12 +154,9 @@ class RefineTagger(TaggingMethod):
         from tqdm.auto import tqdm
 
         self.check_fitted()
-        self._check_config()
+        x, g, names = self._checked_data(inputs, targets, tag_names)
         cfg = self.config
-        n = self.check_inputs(inputs)
-        g = self.check_targets(targets, n)
-        names = self.check_tag_names(tag_names, g.shape[1])
-        x = np.asarray(inputs["features"], dtype=np.float32)
+        n = len(x)
         xt, gt, head = torch.from_numpy(x), torch.from_numpy(g), self.head_
         generator = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
         self.history_ = list(getattr(self, "history_", []))
