@@ -141,6 +141,21 @@ class TaggingMethod(ABC):
             raise ValueError(f"Got {len(tag_names)} tag names for {n_tags} target columns.")
         return [str(t) for t in tag_names]
 
+    def check_image_data(
+        self,
+        inputs: Mapping[str, Any],
+        targets: np.ndarray,
+        val_inputs: Mapping[str, Any] | None = None,
+        val_targets: np.ndarray | None = None,
+    ) -> tuple[list[str], np.ndarray, list[str] | None, np.ndarray | None]:
+        """What a method on image files trains on: the training paths, their checked 0/1 targets
+        ``(n_images, n_tags)``, and the validation paths and 0/1 targets (``None, None`` without validation data)."""
+        n = self.check_inputs(inputs)
+        targets = self.check_targets(targets, n)
+        if val_inputs is None or val_targets is None or len(val_targets) == 0:
+            return image_paths(inputs), targets, None, None
+        return image_paths(inputs), targets, image_paths(val_inputs), (np.asarray(val_targets) > 0).astype(np.float32)
+
     def check_targets(self, targets: np.ndarray, n_images: int) -> np.ndarray:
         targets = np.asarray(targets)
         if targets.ndim != 2 or targets.shape[0] != n_images:
@@ -165,6 +180,11 @@ class TaggingMethod(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+
+def image_paths(inputs: Mapping[str, Any]) -> list[str]:
+    """The ``"images"`` input as a list of path strings."""
+    return [str(p) for p in inputs["images"]]
 
 
 ConfigT = TypeVar("ConfigT")

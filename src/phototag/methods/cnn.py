@@ -29,7 +29,7 @@ from ..images import ImageLoadError, describe_failures, load_image
 from ..losses import LOSSES, make_loss
 from ..metrics import mean_average_precision, per_image_prf, threshold_mask
 from ._training import BestEpoch
-from .base import TaggingMethod, register_method
+from .base import TaggingMethod, image_paths, register_method
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class CNNTagger(TaggingMethod):
         return scores
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        return self._predict([str(p) for p in inputs["images"]])
+        return self._predict(image_paths(inputs))
 
     # --- training -----------------------------------------------------------------------------------------------
     def _validation_f1(self, paths: Sequence[str], targets: np.ndarray) -> tuple[float, float]:
@@ -274,9 +274,8 @@ class CNNTagger(TaggingMethod):
 
         self._check_config()
         cfg = self.config
-        n = self.check_inputs(inputs)
-        y = self.check_targets(targets, n)
-        paths = [str(p) for p in inputs["images"]]
+        paths, y, val_paths, yv = self.check_image_data(inputs, targets, val_inputs, val_targets)
+        n = len(paths)
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         self._build(y.shape[1])
@@ -286,10 +285,7 @@ class CNNTagger(TaggingMethod):
         net = self.network_.to(device)
         if device.type == "cuda" and cfg.amp:
             net.to(memory_format=torch.channels_last)
-        have_val = val_inputs is not None and val_targets is not None and len(val_targets) > 0
-        if have_val:
-            val_paths = [str(p) for p in val_inputs["images"]]
-            yv = (np.asarray(val_targets) > 0).astype(np.float32)
+        have_val = val_paths is not None
         loss_fn = make_loss(
             cfg.loss,
             pos_weight=cfg.pos_weight,

@@ -40,7 +40,7 @@ from ..calibration import apply_offsets, tag_balance_offsets
 from ..images import describe_failures
 from ..metrics import mean_average_precision, per_tag_at_k
 from ._training import BestEpoch
-from .base import TaggingMethod, create_method, get_method_class, register_method
+from .base import TaggingMethod, create_method, get_method_class, image_paths, register_method
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +200,8 @@ class EnsembleTagger(TaggingMethod):
 
         self._check_config()
         cfg = self.config
-        n = self.check_inputs(inputs)
-        y = self.check_targets(targets, n)
-        paths = [str(p) for p in inputs["images"]]
+        paths, y, val_paths, yv = self.check_image_data(inputs, targets, val_inputs, val_targets)
+        n = len(paths)
         member_inputs, ok, failures = self._member_inputs(paths, progress)
         if failures:
             log.warning(
@@ -210,15 +209,14 @@ class EnsembleTagger(TaggingMethod):
             )
         member_inputs = [self._rows(m, ok) for m in member_inputs]
         y = y[ok]
-        have_val = val_inputs is not None and val_targets is not None and len(val_targets) > 0
-        val_member_inputs, yv = None, None
+        have_val = val_paths is not None
+        val_member_inputs = None
         if have_val:
-            val_paths = [str(p) for p in val_inputs["images"]]
             val_member_inputs, val_ok, val_failures = self._member_inputs(val_paths, progress)
             if val_failures:
                 log.warning("%s\nThese validation images are left out.", describe_failures(val_failures))
             val_member_inputs = [self._rows(m, val_ok) for m in val_member_inputs]
-            yv = (np.asarray(val_targets)[val_ok] > 0).astype(np.float32)
+            yv = yv[val_ok]
         n_members, n_tags = len(cfg.members), y.shape[1]
 
         def fit_member(i: int, rows: np.ndarray | None) -> TaggingMethod:
@@ -328,7 +326,7 @@ class EnsembleTagger(TaggingMethod):
     def member_scores(self, inputs: Mapping[str, Any], *, progress: bool = False) -> np.ndarray:
         """Scores of every member ``(n_members, n_images, n_tags)``; rows of unreadable images are 0 (reported)."""
         self.check_fitted()
-        paths = [str(p) for p in inputs["images"]]
+        paths = image_paths(inputs)
         member_inputs, ok, failures = self._member_inputs(paths, progress)
         if failures:
             log.warning("%s\nTheir scores are all 0.", describe_failures(failures))
