@@ -27,8 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from phototag.data import Dataset
 from phototag.importers import run_importer
 from phototag.pipeline import evaluate, train
@@ -57,10 +55,10 @@ def heldout_dataset(src: Path, work: Path, *, n_heldout: int = 500, seed: int = 
 
 
 def ensemble_rows(model, dataset: Dataset, label: str, timing: dict, cache_dir) -> list[dict]:
-    """Held-out rows of an ensemble: each member alone, each combiner, and each combiner without its balancing
-    offsets (when the ensemble has them). Member scores are computed once; inference speed is for all of it."""
+    """Held-out rows of an ensemble: each member alone, each combiner, and each combiner whose top 5 follow its
+    balancing offsets (when the ensemble has them; every other metric is the combiner's own). Member scores are
+    computed once; inference speed is for all of it."""
     from phototag.calibration import apply_offsets
-    from phototag.methods.ensemble import combine
     from phototag.metrics import evaluate_scores
 
     records = dataset.split("test")
@@ -70,17 +68,21 @@ def ensemble_rows(model, dataset: Dataset, label: str, timing: dict, cache_dir) 
     members = model.method.member_scores(inputs)
     infer = round(len(records) / (time.perf_counter() - start), 1)
     ensemble = model.method
-    scored = {f"member {m}": s for m, s in zip(ensemble.config.members, members, strict=True)}
+    scored = {f"member {m}": (s, None) for m, s in zip(ensemble.config.members, members, strict=True)}
     for name in COMBINERS:
-        scored[f"{label} / {name}"] = ensemble._combine(members, name)
+        scores = ensemble._combine(members, name)
+        scored[f"{label} / {name}"] = (scores, None)
         offsets = getattr(ensemble, "offsets_", {}).get(name)
         if offsets is not None:
-            plain = combine(members, name, vote_threshold=ensemble.config.vote_threshold)
-            scored[f"{label} / {name} (no balance)"] = plain
-            assert np.allclose(apply_offsets(plain, offsets), scored[f"{label} / {name}"])
+            scored[f"{label} / {name} + balance"] = (scores, apply_offsets(scores, offsets))
     return [
-        {"method": name, **timing, "infer_images_per_s": infer, **evaluate_scores(targets, scores, k=5)}
-        for name, scores in scored.items()
+        {
+            "method": name,
+            **timing,
+            "infer_images_per_s": infer,
+            **evaluate_scores(targets, scores, k=5, ranking_scores=ranking),
+        }
+        for name, (scores, ranking) in scored.items()
     ]
 
 

@@ -193,6 +193,19 @@ def test_ensemble_balance_offsets_are_fitted_out_of_fold_and_saved(synthetic_dat
     inputs = {"images": [str(ds.image_path(r)) for r in ds.split("test")]}
     raw = method.member_scores(inputs)[0]
     reloaded = TagModel.load(tmp_path / "m")
-    np.testing.assert_allclose(reloaded.score_inputs(inputs), apply_offsets(raw, method.offsets_["average"]), rtol=1e-6)
+    # The offsets only rank: scores stay the combiner's own, the top-k order follows logit(score) + offset.
+    scores = reloaded.score_inputs(inputs)
+    np.testing.assert_allclose(scores, raw, rtol=1e-6)
+    np.testing.assert_allclose(reloaded.method.rank_offset(), method.offsets_["average"])
+    balanced = apply_offsets(raw, method.offsets_["average"])
+    np.testing.assert_allclose(reloaded.ranking_scores(scores), balanced, rtol=1e-6)
+    names = [f"img{i}" for i in range(len(raw))]
+    top2 = reloaded.format_predictions(names, scores, top_k=2)
+    for row, predicted in zip(balanced, top2, strict=True):
+        assert [t["tag"] for t in predicted["tags"]] == [reloaded.tags[j] for j in np.argsort(-row, kind="stable")[:2]]
+    assert reloaded.format_predictions(names, scores) == model.format_predictions(names, raw)  # threshold rule
+    reloaded.method.set_combiner("stacker")
+    assert reloaded.method.rank_offset() is None
+    assert {"average", "average + balance"} <= set(method.validation_)
     with pytest.raises(ValueError, match="balance needs out-of-fold scores"):
         create_method("ensemble", {"balance": 1.0, "stack_folds": 0})._check_config()

@@ -84,6 +84,21 @@ def test_evaluate_scores_has_every_metric_and_perfect_scores_are_perfect():
     assert result["tag@2_n_plus"] == 3 and result["tag@2_mean_recall"] == 1.0
 
 
+def test_evaluate_scores_ranking_scores_choose_the_top_k_only():
+    y = np.array([[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
+    s = np.array([[0.9, 0.1, 0.5, 0.0], [0.2, 0.8, 0.3, 0.0], [0.1, 0.7, 0.2, 0.0]])
+    ranking = s + np.array([0.0, 0.0, 0.6, 0.0])  # tag 2 now tops images 1 and 2 (wrong, then right)
+    plain = metrics.evaluate_scores(y, s, k=1)
+    ranked = metrics.evaluate_scores(y, s, k=1, ranking_scores=ranking)
+    # top-1 picks: image0 -> tag2 (wrong), image1 -> tag2 (wrong), image2 -> tag2 (right): only tag2 is ever found
+    assert ranked["tag@1_n_plus"] == 1 and plain["tag@1_n_plus"] == 2
+    assert ranked["tag@1_mean_recall"] == pytest.approx((0 + 0 + 1) / 3)
+    for key in ("map", "miap", "micro_auc", "image_f1_mean"):
+        assert ranked[key] == plain[key]
+    with pytest.raises(ValueError, match="ranking_scores must be 2-D"):
+        metrics.evaluate_scores(y, s, ranking_scores=ranking[:2])
+
+
 def test_shape_and_value_errors():
     with pytest.raises(ValueError, match="same shape"):
         metrics.mean_average_precision(np.zeros((2, 3)), np.zeros((2, 2)))

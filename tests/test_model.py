@@ -39,6 +39,18 @@ def test_per_tag_thresholds():
     assert [[i for i, _ in row] for row in rule.select(SCORES)] == [[1, 2, 3], [4]]
 
 
+def test_rank_offset_reorders_top_k_only_and_keeps_the_scores():
+    offset = np.array([-10.0, 0.0, 3.0, 0.0, 0.0])  # logit shifts: tag 2 (0.31) now outranks tag 0 (0.9)
+    assert [[i for i, _ in row] for row in DecisionRule().select(SCORES, top_k=2, rank_offset=offset)] == [
+        [2, 1],
+        [2, 4],
+    ]
+    chosen = DecisionRule().select(SCORES, top_k=1, rank_offset=offset)
+    assert [s for _, s in chosen[0]] == pytest.approx([0.31])  # the reported score is the probability
+    # Without top_k the threshold rule ignores the offsets.
+    assert DecisionRule().select(SCORES, rank_offset=offset) == DecisionRule().select(SCORES)
+
+
 def test_bad_top_k():
     with pytest.raises(ValueError, match="top_k must be an int >= 1"):
         DecisionRule().select(SCORES, top_k=0)

@@ -192,12 +192,17 @@ def evaluate_scores(
     k: int = 5,
     threshold: float | np.ndarray = 0.3,
     max_tags: int | None = 15,
+    ranking_scores: np.ndarray | None = None,
 ) -> dict[str, float | int]:
     """Every metric in one flat dict (the table ``phototag evaluate`` prints).
 
     Keys: ``n_images``, ``n_tags``; ``image_{precision,recall,f1}_{mean,median,std}`` under the threshold rule;
     ``tag@{k}_mean_precision``, ``tag@{k}_mean_recall``, ``tag@{k}_f1``, ``tag@{k}_n_plus``, ``tag@{k}_n_tags``;
     ``map``, ``miap``, ``micro_auc``, ``macro_auc``.
+
+    ``ranking_scores`` ``(n_images, n_tags)``, when given, choose each image's top ``k`` for the ``tag@k`` metrics
+    (a model whose top-k decisions follow rank offsets, :meth:`phototag.model.TagModel.ranking_scores`); every
+    other metric uses ``scores``.
     """
     truth, scores = _check(y_true, scores)
     result: dict[str, float | int] = {"n_images": int(truth.shape[0]), "n_tags": int(truth.shape[1])}
@@ -206,7 +211,8 @@ def evaluate_scores(
     for name, values in per_image_prf(truth, threshold_mask(scores, threshold, max_tags)).items():
         for stat, value in _summary(values).items():
             result[f"image_{name}_{stat}"] = value
-    at_k = per_tag_at_k(truth, scores, k)
+    ranking = scores if ranking_scores is None else _check(y_true, ranking_scores, "ranking_scores")[1]
+    at_k = per_tag_at_k(truth, ranking, k)
     for key in ("mean_precision", "mean_recall", "f1", "n_plus", "n_tags"):
         result[f"tag@{k}_{key}"] = at_k[key]
     result["map"] = mean_average_precision(truth, scores)

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import __version__
 from .backbones import Backbone, BackboneSpec, create_backbone
+from .calibration import apply_offsets
 from .features import FeatureStore
 from .fileio import atomic_directory
 from .methods import TaggingMethod, create_method
@@ -44,6 +45,9 @@ class DecisionRule:
     With neither ``top_k`` nor ``threshold`` given at predict time, the seeds' rule applies: tags scoring at least
     ``threshold`` (or the per-tag thresholds when calibrated), at most ``max_tags`` of them. ``top_k`` alone gives
     exactly the K best tags whatever their scores; ``threshold`` alone keeps the cap; both apply both.
+
+    A ``rank_offset`` (per-tag logit offsets a method fitted, see :meth:`TaggingMethod.rank_offset`) changes which
+    tags make the top k, ranking by ``logit(score) + offset``; the scores reported stay the method's probabilities.
     """
 
     threshold: float = 0.3  # global score threshold (seed 001)
@@ -51,9 +55,18 @@ class DecisionRule:
     per_tag_threshold: np.ndarray | None = field(default=None, repr=False)  # (n_tags,) calibrated thresholds
 
     def select(
-        self, scores: np.ndarray, *, top_k: int | None = None, threshold: float | None = None
+        self,
+        scores: np.ndarray,
+        *,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        rank_offset: np.ndarray | None = None,
     ) -> list[list[tuple[int, float]]]:
-        """For each row of ``scores`` ``(n_images, n_tags)``: the chosen ``(tag index, score)``, best first."""
+        """For each row of ``scores`` ``(n_images, n_tags)``: the chosen ``(tag index, score)``, best first.
+
+        ``rank_offset`` ``(n_tags,)`` orders the tags for ``top_k`` (see the class docstring); the threshold rule
+        without ``top_k`` ranks by the scores themselves.
+        """
         if top_k is not None and (not isinstance(top_k, int | np.integer) or top_k < 1):
             raise ValueError(f"top_k must be an int >= 1. Got {top_k!r} instead.")
         if top_k is None and threshold is None:
@@ -64,7 +77,8 @@ class DecisionRule:
         else:
             cut = -np.inf if threshold is None else float(threshold)
             limit = top_k
-        order = np.argsort(-scores, axis=1, kind="stable")
+        ranking = scores if top_k is None or rank_offset is None else apply_offsets(scores, rank_offset)
+        order = np.argsort(-ranking, axis=1, kind="stable")
         if limit is not None:
             order = order[:, :limit]
         chosen = []
@@ -143,6 +157,12 @@ class TagModel:
         """Scores ``(n_images, n_tags)`` from ready-made inputs (see :attr:`data_keys`)."""
         return self.method.score(inputs)
 
+    def ranking_scores(self, scores: np.ndarray) -> np.ndarray:
+        """The scores ``(n_images, n_tags)`` that order each image's tags for top-k decisions: ``scores`` shifted by
+        the method's :meth:`~phototag.methods.base.TaggingMethod.rank_offset`, or ``scores`` itself without one."""
+        offset = self.method.rank_offset()
+        return scores if offset is None else apply_offsets(scores, offset)
+
     def score_images(
         self,
         paths: Sequence[str | os.PathLike],
@@ -189,7 +209,7 @@ class TagModel:
         self, names: Sequence[str], scores: np.ndarray, *, top_k: int | None = None, threshold: float | None = None
     ) -> list[dict[str, Any]]:
         tags = self.vocab.tags_
-        chosen = self.decision.select(scores, top_k=top_k, threshold=threshold)
+        chosen = self.decision.select(scores, top_k=top_k, threshold=threshold, rank_offset=self.method.rank_offset())
         return [
             {"image": name, "tags": [{"tag": tags[i], "score": round(s, 4)} for i, s in picks]}
             for name, picks in zip(names, chosen, strict=True)

@@ -200,7 +200,9 @@ def train(
     model = TagModel(tagger, vocab, backbone_spec=spec, decision=DecisionRule(), info=info)
     if val_inputs is not None and len(val_targets):
         val_scores = tagger.score(val_inputs)
-        model.info["validation"] = evaluate_scores(val_targets, val_scores)
+        model.info["validation"] = evaluate_scores(
+            val_targets, val_scores, ranking_scores=model.ranking_scores(val_scores)
+        )
         if calibrate_thresholds:
             from .calibration import per_tag_thresholds
 
@@ -243,7 +245,14 @@ def evaluate(
     scores = model.score_inputs(inputs)
     threshold = model.decision.per_tag_threshold
     threshold = model.decision.threshold if threshold is None else threshold
-    result = evaluate_scores(targets, scores, k=k, threshold=threshold, max_tags=model.decision.max_tags)
+    result = evaluate_scores(
+        targets,
+        scores,
+        k=k,
+        threshold=threshold,
+        max_tags=model.decision.max_tags,
+        ranking_scores=model.ranking_scores(scores),
+    )
     result["unknown_true_tags"] = int(unknown)
     result["unreadable_images"] = int((~ok).sum())
     return result

@@ -175,6 +175,15 @@ class TaggingMethod(ABC):
             raise RuntimeError(f"{self.name} returned scores of shape {scores.shape}, expected {(n, self.n_tags_)}.")
         return scores
 
+    def rank_offset(self) -> np.ndarray | None:
+        """Per-tag logit offsets ``(n_tags,)`` that order an image's tags for top-k decisions, or ``None``.
+
+        Scores stay calibrated probabilities; only which tags make an image's top k changes (see
+        :class:`phototag.model.DecisionRule`). Methods that fit balancing offsets (``ensemble`` with ``balance``)
+        override this.
+        """
+        return None
+
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 

@@ -17,8 +17,10 @@ are combined by:
 
 With ``balance`` > 0, every fixed combiner also gets per-tag logit offsets fitted on its out-of-fold scores
 (:func:`phototag.calibration.tag_balance_offsets`): each tag lands in an image's top ``balance_k`` about as often as
-it occurs in training (to the power ``balance``), so frequent tags stop crowding rare ones out. The stacker, which
-learns its own biases, is left as it is.
+it occurs in training (to the power ``balance``), so frequent tags stop crowding rare ones out. The offsets only
+reorder an image's tags for top-k decisions (:meth:`EnsembleTagger.rank_offset`); the scores themselves stay the
+combiner's calibrated probabilities, so the threshold rule is unchanged. The stacker, which learns its own biases,
+gets none.
 
 Every combiner is available from one saved ensemble: ``config.combiner`` is the default, and
 :meth:`EnsembleTagger.set_combiner` (``phototag predict --combiner NAME``) switches it at predict time.
@@ -61,7 +63,8 @@ class EnsembleConfig:
     stacker_batch_size: int = 512  # images per stacker step
     stacker_max_epochs: int = 300  # upper bound on stacker epochs
     stacker_patience: int = 20  # stacker epochs without validation-mAP gain before stopping
-    balance: float = 0.0  # > 0: per-tag offsets so tag t is in a top balance_k as often as n_t ** balance; 0 = off
+    # > 0: per-tag top-k ranking offsets so tag t is in a top balance_k about as often as n_t ** balance; 0 = off
+    balance: float = 0.0
     balance_k: int = 5  # the top-k the balancing offsets are fitted for
     vote_threshold: float = 0.5  # a member votes for a tag when its score is at least this ("round")
     feature_cache: str | bool | None = None  # feature cache root; None = ~/.cache/phototag/features, False = memory
@@ -272,8 +275,13 @@ class EnsembleTagger(TaggingMethod):
         if have_val:
             # Validation metrics of every combiner and every member: does the ensemble beat its best member?
             scored = {name: self._combine(val_scores, name) for name in COMBINERS}
+            # A balanced combiner: mAP from its own scores, the top 5 of each photo by logit(score) + offset.
+            ranked = {
+                f"{name} + balance": (scored[name], apply_offsets(scored[name], b)) for name, b in self.offsets_.items()
+            }
             scored.update({f"member {m}": s for m, s in zip(cfg.members, val_scores, strict=True)})
             self.validation_ = {name: _summary(yv, s) for name, s in scored.items()}
+            self.validation_.update({name: _summary(yv, *pair) for name, pair in ranked.items()})
             log.info("ensemble validation: %s", self.validation_)
         return self
 
@@ -319,9 +327,11 @@ class EnsembleTagger(TaggingMethod):
         if combiner == "stacker":
             with torch.no_grad():
                 return torch.sigmoid(self.stacker_(torch.from_numpy(_stack_inputs(member_scores)))).numpy()
-        scores = combine(member_scores, combiner, vote_threshold=self.config.vote_threshold)
-        offsets = getattr(self, "offsets_", {}).get(combiner)
-        return scores if offsets is None else apply_offsets(scores, offsets)
+        return combine(member_scores, combiner, vote_threshold=self.config.vote_threshold)
+
+    def rank_offset(self) -> np.ndarray | None:
+        """The balancing offsets of the current combiner (``None`` without ``balance`` or for the stacker)."""
+        return getattr(self, "offsets_", {}).get(self.config.combiner)
 
     def member_scores(self, inputs: Mapping[str, Any], *, progress: bool = False) -> np.ndarray:
         """Scores of every member ``(n_members, n_images, n_tags)``; rows of unreadable images are 0 (reported)."""
@@ -381,9 +391,10 @@ class EnsembleTagger(TaggingMethod):
             self.validation_ = meta["validation"]
 
 
-def _summary(targets: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """mAP, F1@5 and N+@5 (the Corel5k per-word protocol) of ``scores`` on ``targets``."""
-    at5 = per_tag_at_k(targets, scores, k=min(5, scores.shape[1]))
+def _summary(targets: np.ndarray, scores: np.ndarray, ranking: np.ndarray | None = None) -> dict[str, float]:
+    """mAP, F1@5 and N+@5 (the Corel5k per-word protocol) of ``scores`` on ``targets``; the top 5 of each image
+    follow ``ranking`` when given."""
+    at5 = per_tag_at_k(targets, scores if ranking is None else ranking, k=min(5, scores.shape[1]))
     return {"map": mean_average_precision(targets, scores), "f1@5": at5["f1"], "n_plus@5": at5["n_plus"]}
 
 
