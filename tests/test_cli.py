@@ -179,3 +179,22 @@ def test_tag_with_examples_uses_default_model(capsys):
     assert code == 0
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) >= 4 and all(len(line["tags"]) == 3 for line in lines)
+    # Plain top-k lists the most likely tags, best first.
+    assert all(
+        [t["score"] for t in line["tags"]] == sorted((t["score"] for t in line["tags"]), reverse=True) for line in lines
+    )
+    code, out, _ = run(capsys, ["-q", "tag", "--examples", "--format", "jsonl", "--top-k", "3", "--balanced"])
+    assert code == 0
+    balanced = [json.loads(line) for line in out.splitlines()]
+    assert [b["image"] for b in balanced] == [p["image"] for p in lines]
+    assert all(len(b["tags"]) == 3 for b in balanced)
+    # The default model's offsets favour rare words: some photo's balanced top 3 differs from its plain top 3.
+    assert any(
+        {t["tag"] for t in b["tags"]} != {t["tag"] for t in p["tags"]} for b, p in zip(balanced, lines, strict=True)
+    )
+
+
+def test_balanced_needs_a_model_with_offsets(trained, synthetic_photos, capsys):
+    image = str(sorted((synthetic_photos / "img" / "test").iterdir())[0])
+    code, _, err = run(capsys, ["predict", str(trained), image, "--top-k", "2", "--balanced"])
+    assert code == 2 and "no balancing offsets" in err

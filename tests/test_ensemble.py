@@ -198,14 +198,23 @@ def test_ensemble_balance_offsets_are_fitted_out_of_fold_and_saved(synthetic_dat
     np.testing.assert_allclose(scores, raw, rtol=1e-6)
     np.testing.assert_allclose(reloaded.method.rank_offset(), method.offsets_["average"])
     balanced = apply_offsets(raw, method.offsets_["average"])
-    np.testing.assert_allclose(reloaded.ranking_scores(scores), balanced, rtol=1e-6)
+    np.testing.assert_allclose(reloaded.ranking_scores(scores, balanced=True), balanced, rtol=1e-6)
+    np.testing.assert_allclose(reloaded.ranking_scores(scores), scores)  # balanced top-k is opt-in
     names = [f"img{i}" for i in range(len(raw))]
-    top2 = reloaded.format_predictions(names, scores, top_k=2)
+    top2 = reloaded.format_predictions(names, scores, top_k=2, balanced=True)
     for row, predicted in zip(balanced, top2, strict=True):
         assert [t["tag"] for t in predicted["tags"]] == [reloaded.tags[j] for j in np.argsort(-row, kind="stable")[:2]]
-    assert reloaded.format_predictions(names, scores) == model.format_predictions(names, raw)  # threshold rule
+    plain = reloaded.format_predictions(names, scores, top_k=2)
+    for row, predicted in zip(scores, plain, strict=True):
+        assert [t["tag"] for t in predicted["tags"]] == [reloaded.tags[j] for j in np.argsort(-row, kind="stable")[:2]]
+    # The threshold rule ignores the offsets, balanced or not.
+    assert reloaded.format_predictions(names, scores, balanced=True) == model.format_predictions(names, raw)
+    reloaded.decision.balanced = True  # a model can make balanced top-k its default
+    assert reloaded.format_predictions(names, scores, top_k=2) == top2
     reloaded.method.set_combiner("stacker")
     assert reloaded.method.rank_offset() is None
+    with pytest.raises(ValueError, match="no balancing offsets"):
+        reloaded.format_predictions(names, scores, top_k=2, balanced=True)
     assert {"average", "average + balance"} <= set(method.validation_)
     with pytest.raises(ValueError, match="balance needs out-of-fold scores"):
         create_method("ensemble", {"balance": 1.0, "stack_folds": 0})._check_config()

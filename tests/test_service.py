@@ -72,6 +72,14 @@ def test_tag_has_predict_jsonl_shape_and_values(server, photos, default_model):
         np.testing.assert_allclose([t["score"] for t in got["tags"]], [t["score"] for t in want["tags"]], atol=2e-3)
 
 
+def test_balanced_top_k_follows_the_model(server, photos, default_model):
+    url, _ = server
+    status, body, _ = post_files(f"{url}/v1/tag?top_k=4&balanced=true", [upload(p) for p in photos])
+    assert status == 200, body
+    expected, _ = default_model.predict(photos, top_k=4, balanced=True)
+    assert [[t["tag"] for t in b["tags"]] for b in body] == [[t["tag"] for t in e["tags"]] for e in expected]
+
+
 def test_threshold_and_default_rule(server, photos):
     url, _ = server
     status, body, _ = post_files(f"{url}/v1/tag?threshold=0.15", [upload(photos[0])])

@@ -182,7 +182,12 @@ def _predict_and_print(model, args: argparse.Namespace) -> int:
     if getattr(args, "user_tags", None) is not None:
         user_tags = [args.user_tags.split()] * len(paths)
     predictions, failures = model.predict(
-        paths, top_k=args.top_k, threshold=args.threshold, user_tags=user_tags, progress=not args.quiet
+        paths,
+        top_k=args.top_k,
+        threshold=args.threshold,
+        balanced=args.balanced,
+        user_tags=user_tags,
+        progress=not args.quiet,
     )
     write_output(format_predictions(predictions, args.format), args.output)
     if failures:
@@ -204,7 +209,9 @@ def _predict_batch_and_print(model, args: argparse.Namespace) -> int:
     scored = model.score_images(batch.paths or batch.names, user_tags=batch.user_tags, progress=not args.quiet)
     failed = {path for path, _ in scored.failures}
     names = [name for name, path in zip(batch.names, batch.paths or batch.names, strict=True) if path not in failed]
-    predictions = model.format_predictions(names, scored.scores, top_k=args.top_k, threshold=args.threshold)
+    predictions = model.format_predictions(
+        names, scored.scores, top_k=args.top_k, threshold=args.threshold, balanced=args.balanced
+    )
     write_output(format_predictions(predictions, args.format), args.output)
     if scored.failures:
         print(describe_failures(scored.failures, limit=50), file=sys.stderr)
@@ -258,6 +265,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         k=args.k,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
+        balanced=args.balanced,
     )
     width = max(len(k) for k in result)
     for key, value in result.items():
@@ -280,7 +288,18 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 # --- parser -----------------------------------------------------------------------------------------------------
+def _add_balanced_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--balanced",
+        action="store_true",
+        default=None,
+        help="top-k: rank by the model's balancing offsets, so rare tags get their share (ensembles trained with "
+        "--set balance=P; the default model has them)",
+    )
+
+
 def _add_decision_options(parser: argparse.ArgumentParser) -> None:
+    _add_balanced_option(parser)
     parser.add_argument(
         "--top-k",
         type=int,
@@ -371,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--combiner", default=None, help="ensemble models: average, vote, union, intersection or stacker")
+    _add_balanced_option(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("methods", help="list the registered tagging methods")

@@ -48,11 +48,15 @@ class DecisionRule:
 
     A ``rank_offset`` (per-tag logit offsets a method fitted, see :meth:`TaggingMethod.rank_offset`) changes which
     tags make the top k, ranking by ``logit(score) + offset``; the scores reported stay the method's probabilities.
+    :class:`TagModel` passes the method's offsets only for *balanced* top-k decisions (``balanced``, or
+    ``--balanced`` per call): they trade the most likely tags for rarer ones, which per-word benchmarks reward but a
+    user asking for "the 5 best tags" may not expect.
     """
 
     threshold: float = 0.3  # global score threshold (seed 001)
     max_tags: int | None = 15  # at most this many tags per image (seed 001)
     per_tag_threshold: np.ndarray | None = field(default=None, repr=False)  # (n_tags,) calibrated thresholds
+    balanced: bool = False  # top-k follows the method's rank offsets by default (when it has them)
 
     def select(
         self,
@@ -157,10 +161,28 @@ class TagModel:
         """Scores ``(n_images, n_tags)`` from ready-made inputs (see :attr:`data_keys`)."""
         return self.method.score(inputs)
 
-    def ranking_scores(self, scores: np.ndarray) -> np.ndarray:
-        """The scores ``(n_images, n_tags)`` that order each image's tags for top-k decisions: ``scores`` shifted by
-        the method's :meth:`~phototag.methods.base.TaggingMethod.rank_offset`, or ``scores`` itself without one."""
+    def rank_offset(self, balanced: bool | None = None) -> np.ndarray | None:
+        """The per-tag offsets top-k decisions rank by: the method's
+        :meth:`~phototag.methods.base.TaggingMethod.rank_offset` for balanced decisions (``balanced``, or
+        ``decision.balanced`` when ``None``), else ``None`` (rank by score).
+
+        Raises:
+            ValueError: ``balanced=True`` but the method fitted no offsets.
+        """
+        if not (self.decision.balanced if balanced is None else balanced):
+            return None
         offset = self.method.rank_offset()
+        if offset is None and balanced:
+            raise ValueError(
+                f"This '{self.method.name}' model has no balancing offsets for balanced top-k decisions. Train an "
+                "ensemble with --set balance=P (P > 0, e.g. 0.25), or leave balanced off."
+            )
+        return offset
+
+    def ranking_scores(self, scores: np.ndarray, *, balanced: bool | None = None) -> np.ndarray:
+        """The scores ``(n_images, n_tags)`` that order each image's tags for top-k decisions: ``scores`` shifted by
+        :meth:`rank_offset` for balanced decisions, else ``scores`` itself."""
+        offset = self.rank_offset(balanced)
         return scores if offset is None else apply_offsets(scores, offset)
 
     def score_images(
@@ -192,24 +214,35 @@ class TagModel:
         *,
         top_k: int | None = None,
         threshold: float | None = None,
+        balanced: bool | None = None,
         user_tags: Sequence[Sequence[str]] | None = None,
         cache_dir: str | os.PathLike | None | bool = None,
         progress: bool = False,
     ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-        """Tags for image files.
+        """Tags for image files (``balanced``: see :meth:`rank_offset`).
 
         Returns:
             ``(predictions, failures)``: one ``{"image": path, "tags": [{"tag", "score"}, ...]}`` per readable image
             (tags sorted by score, highest first), and ``(path, reason)`` per unreadable one.
         """
         scored = self.score_images(paths, user_tags=user_tags, cache_dir=cache_dir, progress=progress)
-        return self.format_predictions(scored.paths, scored.scores, top_k=top_k, threshold=threshold), scored.failures
+        predictions = self.format_predictions(
+            scored.paths, scored.scores, top_k=top_k, threshold=threshold, balanced=balanced
+        )
+        return predictions, scored.failures
 
     def format_predictions(
-        self, names: Sequence[str], scores: np.ndarray, *, top_k: int | None = None, threshold: float | None = None
+        self,
+        names: Sequence[str],
+        scores: np.ndarray,
+        *,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        balanced: bool | None = None,
     ) -> list[dict[str, Any]]:
         tags = self.vocab.tags_
-        chosen = self.decision.select(scores, top_k=top_k, threshold=threshold, rank_offset=self.method.rank_offset())
+        offset = self.rank_offset(balanced) if top_k is not None else None
+        chosen = self.decision.select(scores, top_k=top_k, threshold=threshold, rank_offset=offset)
         return [
             {"image": name, "tags": [{"tag": tags[i], "score": round(s, 4)} for i, s in picks]}
             for name, picks in zip(names, chosen, strict=True)
@@ -236,7 +269,11 @@ class TagModel:
             "method_meta": meta,
             "data_keys": list(self.data_keys),
             "backbone": self.backbone_spec.to_dict() if self.backbone_spec else None,
-            "decision": {"threshold": self.decision.threshold, "max_tags": self.decision.max_tags},
+            "decision": {
+                "threshold": self.decision.threshold,
+                "max_tags": self.decision.max_tags,
+                "balanced": self.decision.balanced,
+            },
             "n_tags": len(self.vocab),
             "info": self.info,
         }

@@ -225,8 +225,12 @@ def evaluate(
     k: int = 5,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    balanced: bool | None = None,
 ) -> dict[str, float]:
     """All metrics of ``model`` on one split of ``dataset`` (see :func:`phototag.metrics.evaluate_scores`).
+
+    ``balanced`` ranks each image's top ``k`` by the method's balancing offsets (``None``: the model's
+    ``decision.balanced``; see :meth:`phototag.model.TagModel.rank_offset`); every other metric is unaffected.
 
     Ground-truth tags are mapped into the model's vocabulary; tags the model does not know are counted in
     ``"unknown_true_tags"`` (they cannot be predicted).
@@ -251,7 +255,7 @@ def evaluate(
         k=k,
         threshold=threshold,
         max_tags=model.decision.max_tags,
-        ranking_scores=model.ranking_scores(scores),
+        ranking_scores=model.ranking_scores(scores, balanced=balanced),
     )
     result["unknown_true_tags"] = int(unknown)
     result["unreadable_images"] = int((~ok).sum())

@@ -193,6 +193,9 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
             Form(description="the user's own tags, space-separated: one value for all images or one per image"),
         ] = None,
         top_k: Annotated[int | None, Query(ge=1, description="return exactly the K best tags")] = None,
+        balanced: Annotated[
+            bool | None, Query(description="top_k ranked by the model's balancing offsets (rare tags get a share)")
+        ] = None,
         threshold: Annotated[
             float | None, Query(description="keep tags scoring at least this (default rule: 0.3)")
         ] = None,
@@ -201,10 +204,17 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
             raise ServiceError(
                 413, "too_many_files", f"Got {len(files)} images; the limit is {config.max_files} per request."
             )
+        if balanced:
+            try:
+                model.rank_offset(balanced)
+            except ValueError as err:
+                raise ServiceError(422, "invalid_request", str(err)) from None
         tags_per_image = split_user_tags(user_tags, len(files))
         items = [await read_upload(f, t) for f, t in zip(files, tags_per_image, strict=True)]
         scores = await batcher.submit(items)
-        return model.format_predictions([i.name for i in items], scores, top_k=top_k, threshold=threshold)
+        return model.format_predictions(
+            [i.name for i in items], scores, top_k=top_k, threshold=threshold, balanced=balanced
+        )
 
     @app.get("/v1/tags", summary="The model's vocabulary (the tags it can suggest), in score-column order")
     async def vocabulary() -> dict[str, Any]:

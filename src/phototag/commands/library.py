@@ -30,7 +30,9 @@ def write_library_keywords(model, args: argparse.Namespace) -> int:
     if args.examples:
         raise CLIError("--write changes the photos' metadata; give your own PATHs, not --examples.")
     paths = find_image_paths(args.paths)
-    predictions, unreadable = model.predict(paths, top_k=args.top_k, threshold=args.threshold, progress=not args.quiet)
+    predictions, unreadable = model.predict(
+        paths, top_k=args.top_k, threshold=args.threshold, balanced=args.balanced, progress=not args.quiet
+    )
     changes, failures = write_keywords(
         predictions, mode=args.write, model=model_identity(model), naming=args.sidecar, dry_run=args.dry_run
     )
