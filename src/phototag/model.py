@@ -223,7 +223,8 @@ class TagModel:
 
         Returns:
             ``(predictions, failures)``: one ``{"image": path, "tags": [{"tag", "score"}, ...]}`` per readable image
-            (tags sorted by score, highest first), and ``(path, reason)`` per unreadable one.
+            (best first: by score, or for balanced top-k by ``logit(score) + offset``), and ``(path, reason)`` per
+            unreadable one.
         """
         scored = self.score_images(paths, user_tags=user_tags, cache_dir=cache_dir, progress=progress)
         predictions = self.format_predictions(
