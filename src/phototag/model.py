@@ -242,7 +242,8 @@ class TagModel:
         balanced: bool | None = None,
     ) -> list[dict[str, Any]]:
         tags = self.vocab.tags_
-        offset = self.rank_offset(balanced) if top_k is not None else None
+        # Checked even without top_k, as the service does: balanced=True on a model without offsets is an error.
+        offset = self.rank_offset(balanced)
         chosen = self.decision.select(scores, top_k=top_k, threshold=threshold, rank_offset=offset)
         return [
             {"image": name, "tags": [{"tag": tags[i], "score": round(s, 4)} for i, s in picks]}
