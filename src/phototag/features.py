@@ -92,6 +92,7 @@ class _FeatureCache:
         self.memory: dict[str, np.ndarray] | None = {} if (memory and directory is None) else None
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self._setup_lock = threading.Lock()
         self._ready = False
 
     def _connect(self) -> sqlite3.Connection | None:
@@ -106,12 +107,14 @@ class _FeatureCache:
             conn.execute("CREATE TABLE IF NOT EXISTS features (digest TEXT PRIMARY KEY, vector BLOB NOT NULL)")
             conn.commit()
             self._local.conn = conn
-            if not self._ready:
-                self._ready = True
-                spec_file = self.dir / "spec.json"
-                if not spec_file.exists():
-                    atomic_write_text(spec_file, json.dumps(self.spec.to_dict(), indent=2))
-                self._import_legacy_shards(conn)
+        if not self._ready:
+            with self._setup_lock:  # every thread waits until the one-time setup is done
+                if not self._ready:
+                    spec_file = self.dir / "spec.json"
+                    if not spec_file.exists():
+                        atomic_write_text(spec_file, json.dumps(self.spec.to_dict(), indent=2))
+                    self._import_legacy_shards(conn)
+                    self._ready = True
         return conn
 
     def _import_legacy_shards(self, conn: sqlite3.Connection) -> None:

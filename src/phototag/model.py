@@ -364,7 +364,7 @@ class TagModel:
             if self.path is not None and (self.path / "backbones").is_dir():
                 graphs += [
                     g
-                    for g in sorted((self.path / "backbones").glob("*.onnx"))
+                    for g in sorted((self.path / "backbones").iterdir())
                     if g.name not in {x.name for x in graphs}
                 ]
             if graphs:
