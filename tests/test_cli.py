@@ -6,6 +6,7 @@ import csv
 import io
 import json
 
+import numpy as np
 import pytest
 
 from phototag.cli import main
@@ -171,6 +172,23 @@ def test_bad_set_option(synthetic_dataset, capsys, tmp_path):
         capsys, ["train", str(synthetic_dataset), "--method", "knn", "--set", "kk=3", "--out", str(tmp_path / "m")]
     )
     assert code == 2 and "Unknown setting" in err and not (tmp_path / "m").exists()
+    # A value of the wrong type is refused before training, in one line.
+    argv = ["train", str(synthetic_dataset), "--method", "mlp", "--set", "hidden=abc", "--out", str(tmp_path / "m")]
+    code, _, err = run(capsys, argv)
+    assert code == 2 and "Setting 'hidden' of MLPConfig must be int. Got 'abc'" in err and "Traceback" not in err
+
+
+def test_a_bug_shows_its_traceback_and_exit_code_3(capsys, monkeypatch):
+    import phototag.cli as cli
+
+    monkeypatch.setattr(cli, "cmd_methods", lambda args: {}["no such key"])
+    code, _, err = run(capsys, ["methods"])
+    assert code == 3 and "Traceback" in err and "KeyError" in err and "please report it" in err
+
+
+def test_global_options_after_the_command(capsys):
+    code, out, _ = run(capsys, ["methods", "-q"])
+    assert code == 0 and "mlp" in out
 
 
 def test_tag_with_examples_uses_default_model(capsys):
@@ -198,3 +216,22 @@ def test_balanced_needs_a_model_with_offsets(trained, synthetic_photos, capsys):
     image = str(sorted((synthetic_photos / "img" / "test").iterdir())[0])
     code, _, err = run(capsys, ["predict", str(trained), image, "--top-k", "2", "--balanced"])
     assert code == 2 and "no balancing offsets" in err
+
+
+def test_default_model_never_tags_an_unreadable_photo(tmp_path, capsys):
+    """A truncated JPEG among good photos: exit 1, named on stderr, no tags in any format, no keywords written."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.jpg"
+    Image.fromarray(rng.integers(0, 255, size=(120, 160, 3), dtype=np.uint8)).save(good, quality=90)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(good.read_bytes()[:400])
+    for fmt in ("table", "jsonl", "csv"):
+        assert main(["tag", str(good), str(broken), "--top-k", "3", "--format", fmt, "-q"]) == 1
+        out, err = capsys.readouterr()
+        assert str(good) in out and "broken.jpg" not in out
+        assert "broken.jpg" in err and "1 image(s) could not be read" in err
+    assert main(["-q", "tag", str(good), str(broken), "--top-k", "3", "--write", "xmp"]) == 1
+    assert (tmp_path / "good.jpg.xmp").is_file()
+    assert not (tmp_path / "broken.jpg.xmp").exists()

@@ -42,6 +42,12 @@ FAST = {
         "augment": False,
         "batch_size": 16,
     },
+    "merged": {
+        "parts": [
+            {"method": "ensemble", "config": {"members": ["knn@efficientnet_lite0"], "stack_folds": 2}},
+            {"method": "ensemble", "config": {"members": ["knn@efficientnet_lite1"], "stack_folds": 2}},
+        ]
+    },
     "ensemble": {
         "members": ["mlp@efficientnet_lite0", "knn@efficientnet_lite0"],
         "member_config": {"mlp": {"max_epochs": 60, "patience": 10}, "knn": {"k": 10}},

@@ -116,3 +116,29 @@ def test_default_model_loads():
     shipped = {p.name for p in (model.path / "backbones").glob("*.onnx")}
     assert shipped == {onnx_file_name(s) for s in specs.values()}
     assert (model.path / "backbones" / "NOTICE").is_file()
+
+
+def test_merge_models_scores_the_union_of_vocabularies(tmp_path):
+    """Two fitted models with different words: the merged model scores every word; a shared one takes the max."""
+    from phototag.methods import create_method
+    from phototag.model import merge_models
+
+    rng = np.random.default_rng(0)
+    x = {"efficientnet_lite0": rng.normal(size=(40, 8)).astype(np.float32)}
+    y_a = (rng.random((40, 3)) < 0.4).astype(np.float32)
+    y_b = (rng.random((40, 2)) < 0.4).astype(np.float32)
+    part = {"members": ["knn@efficientnet_lite0"], "stack_folds": 2, "member_config": {"knn": {"k": 5}}}
+    a = create_method("ensemble", part).fit({"backbone_features": x}, y_a, progress=False)
+    b = create_method("ensemble", part).fit({"backbone_features": x}, y_b, progress=False)
+    model_a = TagModel(a, TagVocabulary().fit([["sky", "sea", "dog"]]))
+    model_b = TagModel(b, TagVocabulary().fit([["cup", "dog"]]))
+    merged = merge_models([model_a, model_b])
+    assert merged.tags == [*model_a.tags, "cup"]
+    inputs = {"backbone_features": x}
+    scores = merged.score_inputs(inputs)
+    sa, sb = a.score(inputs), b.score(inputs)
+    dog_a, dog_b = model_a.tags.index("dog"), model_b.tags.index("dog")
+    np.testing.assert_allclose(scores[:, merged.tags.index("dog")], np.maximum(sa[:, dog_a], sb[:, dog_b]))
+    np.testing.assert_allclose(scores[:, merged.tags.index("cup")], sb[:, model_b.tags.index("cup")])
+    merged.save(tmp_path / "merged")
+    np.testing.assert_array_equal(TagModel.load(tmp_path / "merged").score_inputs(inputs), scores)

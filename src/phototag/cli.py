@@ -1,7 +1,7 @@
 """The ``phototag`` command line: thin commands over the library (``main(argv)`` is callable from tests).
 
 Exit codes: 0 success; 1 the command finished but some images could not be read (each reported on stderr);
-2 bad input or usage (one-line error on stderr, nothing half-written).
+2 bad input or usage (one-line error on stderr, nothing half-written); 3 an internal error (a bug: traceback shown).
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from typing import Any
 import yaml
 
 from . import __version__
+from .errors import PhototagError
 from .fileio import atomic_write_text
 
 log = logging.getLogger("phototag")
 
-EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_BUG = 0, 1, 2, 3
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
+class CLIError(PhototagError):
+    """A user-facing error of the command line: printed as one line, exit code 2."""
 
 
 def example_images() -> list[Path]:
@@ -454,12 +455,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("phototag: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, OSError, ImportError, RuntimeError, KeyError) as err:
+    except (PhototagError, CLIError, ValueError, OSError, ImportError) as err:
+        # Bad input, damaged files, a missing package: one line, exit 2. Anything else is a bug (below).
         if args.debug:
             raise
-        message = str(err) if not isinstance(err, KeyError) else f"missing key {err}"
-        print(f"phototag {args.command}: error: {message}", file=sys.stderr)
+        print(f"phototag {args.command}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print(
+            f"phototag {args.command}: internal error (a bug in phototag {__version__}); please report it with the "
+            "traceback above.",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

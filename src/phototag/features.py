@@ -213,7 +213,8 @@ class FeatureStore:
         self.max_pixels = max_pixels
         self.flush_every = flush_every
         self.search = list(search)
-        self.key = self.spec.cache_key()
+        # int8 backbones compute other features than fp32 ones: they never share a cache.
+        self.key = self.spec.cache_key() + ("-int8" if self.options.precision == "int8" else "")
         if cache_dir is False:
             self.dir: Path | None = None
         else:

@@ -27,6 +27,7 @@ import numpy as np
 from . import __version__
 from .backbones import BackboneSpec
 from .calibration import apply_offsets
+from .errors import ModelFormatError
 from .features import FeatureStore, ImageItem
 from .fileio import atomic_directory
 from .inputs import build_inputs, feature_specs, make_stores
@@ -39,10 +40,6 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = "phototag-model"
 MODEL_FORMAT_VERSION = 1
 MODEL_FILE = "phototag_model.json"
-
-
-class ModelFormatError(ValueError):
-    """A model directory is missing, damaged or from an incompatible phototag version."""
 
 
 @dataclass
@@ -363,9 +360,7 @@ class TagModel:
             graphs = [Path(g) for g in backbones]
             if self.path is not None and (self.path / "backbones").is_dir():
                 graphs += [
-                    g
-                    for g in sorted((self.path / "backbones").iterdir())
-                    if g.name not in {x.name for x in graphs}
+                    g for g in sorted((self.path / "backbones").iterdir()) if g.name not in {x.name for x in graphs}
                 ]
             if graphs:
                 (tmp / "backbones").mkdir()
@@ -438,6 +433,32 @@ def _json_default(value: Any) -> Any:
 def default_model_path() -> Path:
     """Folder of the default model shipped inside the package."""
     return Path(__file__).resolve().parent / "default_model"
+
+
+def merge_models(models: Sequence[TagModel], *, rule: str = "max", info: dict[str, Any] | None = None) -> TagModel:
+    """One model scoring the union of several fitted models' vocabularies (method ``merged``).
+
+    The first model's tags keep their columns and its decision rule; later models add their new tags. A tag several
+    models know takes the largest of their scores (``rule="max"``) or the mean. The models' methods must name their
+    backbones (``backbone_features``: ensembles, ``imagenet``), so the input layer decodes each photo once for all.
+    """
+    import copy
+
+    from .methods.merged import MergedTagger
+
+    if not models:
+        raise ValueError("merge_models needs at least one model.")
+    method, tags = MergedTagger.from_parts([(m.method, m.tags) for m in models], rule=rule)
+    vocab = copy.deepcopy(models[0].vocab)
+    vocab.add_tags(tags[len(models[0].tags) :])
+    if vocab.tags_ != tags:
+        raise ValueError("merge_models: the merged vocabulary does not follow the models' tag order.")
+    decision = DecisionRule(
+        threshold=models[0].decision.threshold,
+        max_tags=models[0].decision.max_tags,
+        balanced=models[0].decision.balanced,
+    )
+    return TagModel(method, vocab, decision=decision, info=info or {})
 
 
 def load_model(path: str | os.PathLike | None = None) -> TagModel:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .backbones import BackboneSpec, resolve_spec
+from .errors import EnvironmentProblem, MissingDependencyError
 from .fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ def execution_providers(device: str) -> list[str]:
     available = onnxruntime_module().get_available_providers()
     if device == "cuda":
         if "CUDAExecutionProvider" not in available:
-            raise RuntimeError(
+            raise EnvironmentProblem(
                 "device 'cuda' asked for, but this onnxruntime has no CUDA execution provider "
                 f"(available: {', '.join(available)}); install onnxruntime-gpu or use --device cpu."
             )
@@ -211,7 +212,7 @@ def export_backbone(
     exported = session.run(None, {"images": batch})[0]
     cosine = float(_cosines(reference, exported).min())
     if cosine < EXPORT_MIN_COSINE:
-        raise RuntimeError(
+        raise EnvironmentProblem(
             f"The ONNX export of backbone '{spec.name}' disagrees with torch on real photos (cosine {cosine:.6f} < "
             f"{EXPORT_MIN_COSINE}); report this with your torch and onnx versions."
         )
@@ -298,7 +299,9 @@ class OnnxBackbone:
                 str(self.path), session_options, providers=execution_providers(options.device)
             )
         except Exception as err:  # onnxruntime raises its own exception types for damaged files
-            raise RuntimeError(f"Cannot load the backbone graph {self.path} ({err}); delete it to re-export.") from None
+            raise EnvironmentProblem(
+                f"Cannot load the backbone graph {self.path} ({err}); delete it to re-export."
+            ) from None
         self.input_name = self.session.get_inputs()[0].name
         width = self.session.get_outputs()[0].shape[-1]
         self.num_features = int(width) if isinstance(width, int) else None
@@ -339,7 +342,7 @@ def backbone_graph(
 
         require_torch("Exporting a backbone to ONNX")
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             f"No ONNX graph of backbone '{spec.name}' ({name}) in this installation or cache, and exporting one needs "
             'PyTorch: pip install "phototag[train]" (once; the graph is cached), or use a model that ships its '
             "backbones."

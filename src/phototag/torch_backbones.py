@@ -170,7 +170,9 @@ def create_backbone(spec: BackboneSpec | str | None = None, **overrides: Any) ->
         try:
             model = timm.create_model(spec.name, pretrained=True, num_classes=0, **kwargs)
         except Exception as err:  # timm raises many kinds (HTTP, hub, OSError) when weights cannot be had
-            raise RuntimeError(
+            from .errors import EnvironmentProblem
+
+            raise EnvironmentProblem(
                 f"Could not load pretrained weights for backbone '{spec.name}' ({type(err).__name__}: {err}). "
                 f"Without network access use an offline backbone ({', '.join(sorted(OFFLINE_WEIGHTS))}) or "
                 "point weights= at a local checkpoint file."

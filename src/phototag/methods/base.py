@@ -323,6 +323,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "drel": "drel",
     "ensemble": "ensemble",
     "knn": "knn",
+    "merged": "merged",
     "mlp": "mlp",
     "refine": "refine",
     "user_tags": "refine_baselines",
