@@ -42,6 +42,8 @@ MAX_TAG_LENGTH = 100
 MAX_USER_TAGS = 64
 #: Punctuation a tag may hold besides letters, marks, digits, symbols (emoji) and single spaces.
 TAG_PUNCTUATION = frozenset("-_'’.&+#@/:!?")
+#: Symbols refused although they are symbols: markup and shell characters have no place in a keyword.
+TAG_REFUSED_SYMBOLS = frozenset("<>`|^")
 
 
 def clean_tag(tag: str) -> str:
@@ -50,7 +52,7 @@ def clean_tag(tag: str) -> str:
     Allowed: letters, combining marks, digits, symbols such as emoji, single inner spaces and the punctuation in
     :data:`TAG_PUNCTUATION`. Refused (``ValueError`` saying why): empty or whitespace-only, longer than
     :data:`MAX_TAG_LENGTH`, control characters (NUL, newline, tab, ...), other punctuation (quotes, brackets,
-    ``;``, ``<``...).
+    ``;``...) and the symbols in :data:`TAG_REFUSED_SYMBOLS` (``<``, ``>``, ...).
 
     >>> clean_tag("  new york ")
     'new york'
@@ -66,7 +68,7 @@ def clean_tag(tag: str) -> str:
         raise ValueError(f"a tag must not hold repeated spaces: {tag!r}")
     for char in tag:
         kind = unicodedata.category(char)
-        if char == " " or kind[0] in "LMNS" or char in TAG_PUNCTUATION:
+        if char == " " or (kind[0] in "LMNS" and char not in TAG_REFUSED_SYMBOLS) or char in TAG_PUNCTUATION:
             continue
         what = "control character" if kind[0] in "CZ" else "character"
         raise ValueError(f"a tag must not hold the {what} {char!r}: {tag[:40]!r}")

@@ -283,6 +283,10 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
         )
 
+    def image_error(err: ImageLoadError, name: str) -> ServiceError:
+        too_big = "over the limit" in err.reason or "decompression bomb" in err.reason
+        return ServiceError(413 if too_big else 422, "bad_image", f"{name}: {err.reason}")
+
     def check_upload(entry: Entry) -> None:
         """Content type, byte size and pixel size from the file's header (nothing decoded yet)."""
         upload, name = entry.upload, entry.name
@@ -310,7 +314,7 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
             if len(head) < size and "truncated" in err.reason:
                 entry.size = (0, 0)  # a header beyond the first 4 MB: the full decode decides
             else:
-                raise ServiceError(422, "bad_image", f"{name}: {err.reason}") from None
+                raise image_error(err, name) from None
         width, height = entry.size
         if width * height > config.max_pixels:
             raise ServiceError(
@@ -332,8 +336,7 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
                 decode_reduced, data, source=entry.name, max_pixels=config.max_pixels, side=config.decode_side
             )
         except ImageLoadError as err:
-            status = 413 if "over the limit" in err.reason or "decompression bomb" in err.reason else 422
-            raise ServiceError(status, "bad_image", f"{entry.name}: {err.reason}") from None
+            raise image_error(err, entry.name) from None
         finally:
             await decoding.release(pixels)
         return DecodedImage(
