@@ -70,7 +70,7 @@ class ServiceConfig:
     max_files: int = 16  # most images per POST /v1/tag request (413 above)
     max_pixels: int = 40_000_000  # decompression-bomb guard: width x height per image (that entry fails, 413)
     max_request_pixels: int = 120_000_000  # sum of width x height over a request's images (413 above)
-    decode_pixels: int = 100_000_000  # pixels being decoded at once, all requests together (memory budget)
+    decode_pixels: int = 50_000_000  # pixels being decoded at once, all requests together (memory budget)
     decode_side: int = 768  # larger photos are decoded and kept at this shorter side (the model looks at ~300 px)
     max_batch: int = 16  # most images scored in one model call
     max_wait_ms: float = 5.0  # how long the batcher waits for more requests once one is queued
