@@ -116,6 +116,13 @@ class BodyDeadline:
                 await response(scope, receive, send)
 
 
+def _shown(part: Any, limit: int = 40) -> str:
+    """A field name from a client, safe to show on one line (a JSON key may hold a newline or be huge)."""
+    text = str(part)
+    text = text if text.isprintable() else repr(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def body_timeout_response(seconds: float) -> JSONResponse:
     return JSONResponse(
         {"error": "request_timeout", "detail": f"The request body did not arrive within {seconds:g} s."},
@@ -187,7 +194,7 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
             return body_timeout_response(config.body_timeout_s)
         parts = []
         for item in exc.errors():
-            where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query"))
+            where = ".".join(_shown(p) for p in item.get("loc", ()) if p not in ("body", "query"))
             message = str(item.get("msg")).removeprefix("Value error, ")
             parts.append(f"{where}: {message}" if where else message)
         return error(422, "invalid_request", "; ".join(parts)[:1000] or "invalid request")
