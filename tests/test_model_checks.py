@@ -82,6 +82,12 @@ def test_damaged_header_is_one_line_naming_the_file(header, edit, message):
     assert str(caught.value).startswith("m/phototag_model.json") and "\n" not in str(caught.value)
 
 
+def test_another_format_version_is_named_before_the_schema(header):
+    newer = damaged(header, lambda h: h.update(format_version=2, decision={"new": "shape"}))
+    with pytest.raises(ModelFormatError, match=r"m.json has model format version 2, but this phototag reads version 1"):
+        check_header(newer, "m.json", format_version=1)
+
+
 @pytest.mark.parametrize("raw", [[], [1, 2], "model", 3, None])
 def test_a_header_that_is_not_an_object(raw):
     with pytest.raises(ModelFormatError, match=r"m.json is not a phototag model file: it holds a JSON"):

@@ -8,7 +8,7 @@ imported.
 
 :meth:`phototag.model.TagModel.load` calls them in this order::
 
-    header = check_header(json.loads(text), header_file)   # the JSON is an object of the right shape
+    header = check_header(json.loads(text), header_file, format_version=1)  # an object of the right shape
     check_methods(header, get_method_class, header_file)   # known methods, configs of the right types
     check_weights(tensors, header, weights_file)           # shapes as declared, every value finite
 """
@@ -76,12 +76,14 @@ def _first_error(err: ValidationError) -> str:
     return f"{where}: {item.get('msg')}, got {shown}{more}"
 
 
-def check_header(raw: Any, file: str | os.PathLike) -> dict[str, Any]:
+def check_header(raw: Any, file: str | os.PathLike, *, format_version: int | None = None) -> dict[str, Any]:
     """Validate a parsed model header; returns it as a plain dict (``decision`` filled with its defaults).
 
     Args:
         raw: ``json.loads`` of ``phototag_model.json`` (anything: a list, a number, a damaged object).
         file: The header file, named in the error.
+        format_version: The model format this phototag reads; another version is refused with that message
+            (before the schema, which may differ between versions).
 
     Raises:
         ModelFormatError: Not an object, wrong format marker, a missing key, a value of the wrong type, an unknown
@@ -94,6 +96,11 @@ def check_header(raw: Any, file: str | os.PathLike) -> dict[str, Any]:
         )
     if raw.get("format") != "phototag-model":
         raise ModelFormatError(f"{file} is not a phototag model file (format {raw.get('format')!r}).")
+    if format_version is not None and raw.get("format_version") != format_version:
+        raise ModelFormatError(
+            f"{file} has model format version {raw.get('format_version')!r}, but this phototag reads version "
+            f"{format_version}; use the phototag version that wrote it ({raw.get('phototag_version')}) or retrain."
+        )
     try:
         header = ModelHeader.model_validate(raw)
     except ValidationError as err:
