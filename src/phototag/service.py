@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import tempfile
 import time
 import unicodedata
@@ -599,6 +600,25 @@ def allowed_host_names(config: ServiceConfig) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+def limit_heap_growth() -> bool:
+    """Make glibc return large freed blocks to the system at once (a fixed 4 MB mmap threshold).
+
+    By default glibc raises its mmap threshold after each large free, so decoded photos end up in heap arenas
+    that the process keeps: a long-running server's RSS then grows with every big upload. Linux / glibc only;
+    returns whether it applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_mmap_threshold = -3
+        return bool(libc.mallopt(m_mmap_threshold, 4 * 1024 * 1024))
+    except (OSError, AttributeError):
+        return False
+
+
 def serve(
     model: TagModel,
     *,
@@ -614,6 +634,7 @@ def serve(
     address (connections made before start-up finishes wait in the listen backlog).
     """
     app = create_app(model, config, listen_host=host)
+    limit_heap_growth()
     sock = bind_socket(host, port)
     shown = f"[{host}]" if ":" in host else host
     if on_ready is not None:
