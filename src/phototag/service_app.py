@@ -334,7 +334,7 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
     async def decode_entry(entry: Entry) -> DecodedImage:
         """Decode one upload at reduced size, inside the shared pixel budget."""
         width, height = entry.size
-        pixels = max(1, width * height)
+        pixels = width * height or config.max_pixels  # size unknown from the first 4 MB: budget the largest
         await decoding.acquire(pixels)
         try:
             await entry.upload.seek(0)
