@@ -24,11 +24,17 @@ pytest.importorskip("fastapi", reason='the service needs the "serve" extra')
 pytest.importorskip("uvicorn", reason='the service needs the "serve" extra')
 
 from broken_images import jpeg  # noqa: E402
-from live_server import post_files, request  # noqa: E402
+from live_server import encode_multipart, request  # noqa: E402
 from phototag.service import ServiceConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK_RSS_LIMIT = 2.5 * 1024**3
+
+
+def post_files(url: str, files) -> tuple:
+    """A multipart POST with a long client timeout: on 2 busy cores a 16-photo batch can take a minute."""
+    body, content_type = encode_multipart(files)
+    return request(url, method="POST", body=body, content_type=content_type, timeout=600)
 
 
 def peak_rss(pid: int) -> int:
