@@ -119,15 +119,15 @@ def test_two_maximal_requests_slow_clients_and_bad_names_stay_under_the_memory_l
         user.start()
         # Normal requests keep being answered while the server works through the big ones.
         normal_latencies = []
-        while any(t.is_alive() for t in threads) and time.monotonic() - started < 240:
+        while any(t.is_alive() for t in threads) and time.monotonic() - started < 600:
             sent = time.monotonic()
             status, body, _ = request(f"{url}/healthz", timeout=30)
             assert status == 200 and body["status"] == "ok"
             normal_latencies.append(time.monotonic() - sent)
             time.sleep(0.2)
         for thread in threads:
-            thread.join(60)
-        user.join(120)
+            thread.join(600)
+        user.join(600)
         status, body, _ = post_files(f"{url}/v1/tag?top_k=3", small)
         assert status == 200 and len(body[0]["tags"]) == 3
         rss = peak_rss(process.pid)
