@@ -111,13 +111,32 @@ def test_one_failing_request_does_not_fail_its_batch():
 
 # --- finding 3: memory, queue, slow clients -------------------------------------------------------------------------
 def test_large_photos_are_decoded_at_reduced_size():
+    from phototag.service_app import draft_rule
+
     big = jpeg((4000, 3000), quality=80)
-    image, data = decode_reduced(big, source="big.jpg", max_pixels=40_000_000, side=768)
-    assert min(image.size) == 768 and image.size == (1024, 768)
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < len(big) * 4
+    image = decode_reduced(big, source="big.jpg", max_pixels=40_000_000, side=768)
+    assert image.size == (1024, 768)  # no draft rule: decoded, then reduced to the shorter side
+    image = decode_reduced(png((3000, 4000)), source="big.png", max_pixels=40_000_000, side=768)
+    assert image.size == (768, 1024)
+    # The default model's rule (as `predict` decodes): DCT-scaled to at least its backbones' input, at most 2x.
+    rule = draft_rule(shared_default_model())
+    image = decode_reduced(big, source="big.jpg", max_pixels=40_000_000, side=768, draft=rule)
+    assert image.size == (500, 375)
     small = jpeg((640, 480))
-    image, data = decode_reduced(small, source="small.jpg", max_pixels=40_000_000, side=768)
-    assert image.size == (640, 480) and data is small  # scored from its own bytes, exactly as `predict` does
+    assert decode_reduced(small, source="small.jpg", max_pixels=40_000_000, side=768, draft=rule).size == (640, 480)
+
+
+def test_a_large_jpeg_gets_the_scores_predict_gives(server, tmp_path):
+    path = tmp_path / "large.jpg"
+    path.write_bytes(jpeg((3000, 2000), seed=5))
+    status, body, _ = post_files(f"{server}/v1/tag?top_k=5", [("files", "large.jpg", path.read_bytes(), "image/jpeg")])
+    assert status == 200, body
+    expected, failures = shared_default_model().predict([path], top_k=5)
+    assert not failures
+    assert [t["tag"] for t in body[0]["tags"]] == [t["tag"] for t in expected[0]["tags"]]
+    np.testing.assert_allclose(
+        [t["score"] for t in body[0]["tags"]], [t["score"] for t in expected[0]["tags"]], atol=1e-3
+    )
 
 
 def test_request_pixel_budget_and_per_image_limit(tmp_path):

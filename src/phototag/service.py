@@ -32,7 +32,6 @@ import math
 import os
 import socket
 import sys
-import tempfile
 import time
 import unicodedata
 import warnings
@@ -44,8 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # the model pulls in torch; the CLI imports this module only for its defaults
+if TYPE_CHECKING:  # the CLI imports this module only for its defaults; the model is loaded when serving
     from .model import TagModel
+    from .runtime import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class ServiceConfig:
     listen_host: str | None = None  # the address served on (set by serve); answered as a host name too
     feedback_db: str | os.PathLike | None = None  # SQLite file for the web page's feedback; None = feedback off
     model_name: str = "model"  # shown by /healthz, stored with each click; "model" = method@directory of the model
+    run_options: Any = None  # phototag.runtime.RunOptions for the backbones (device, precision); None = defaults
 
 
 class QueueFullError(Exception):
@@ -107,14 +108,11 @@ class ServiceError(Exception):
 # --- scoring ----------------------------------------------------------------------------------------------------
 @dataclass
 class DecodedImage:
-    """An upload that decoded: its name, the bytes the model reads, and the RGB picture.
-
-    For a photo larger than the service's ``decode_side``, ``image`` is the reduced picture and ``data`` a lossless
-    PNG of it, so neither the app nor the model worker holds the full-size pixels.
-    """
+    """An upload that decoded: its name and its RGB picture, reduced to what the model needs (see
+    :func:`decode_reduced`), so neither the queue nor the model worker holds full-size pixels."""
 
     name: str
-    data: bytes
+    data: bytes  # the encoded upload; the service leaves it empty once decoded (the model reads ``image``)
     image: Any  # PIL.Image.Image in RGB
     user_tags: list[str] = field(default_factory=list)
     size: tuple[int, int] = (0, 0)  # width, height of the uploaded photo (before any reduction)
@@ -162,17 +160,25 @@ def image_size(data: bytes, source: str):
         raise ImageLoadError(source, f"corrupt or truncated image ({err})") from None
 
 
-def decode_reduced(data: bytes, *, source: str, max_pixels: int, side: int) -> tuple[Any, bytes]:
-    """Decode an upload to RGB at most ``side`` pixels on its shorter side; ``(image, bytes the model reads)``.
+def decode_reduced(
+    data: bytes,
+    *,
+    source: str,
+    max_pixels: int,
+    side: int,
+    draft: Callable[[int, int], tuple[int, int] | None] | None = None,
+):
+    """Decode an upload to an RGB picture no larger than the model needs; the full-size pixels are dropped at once.
 
-    JPEGs are decoded at a reduced scale directly (PIL's ``draft``: the full-size pixels are never in memory);
-    other formats are decoded, then reduced. A photo already small enough keeps its own bytes, so the service
-    scores it exactly as ``phototag predict`` does.
+    A JPEG is decoded reduced by ``draft`` (the model's rule, ``phototag.preprocess.draft_request``: DCT scaling
+    to the smallest size that still covers its backbones' input, exactly as ``phototag predict`` decodes it). A
+    picture still larger than ``side`` on its shorter side (other formats, or a model without backbones) is then
+    reduced to ``side`` (Lanczos), so the queue never holds full-size photos.
 
     Raises:
         ImageLoadError: Not an image, truncated, over ``max_pixels`` or otherwise undecodable.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     from .images import ImageLoadError, decode_image
 
@@ -181,38 +187,13 @@ def decode_reduced(data: bytes, *, source: str, max_pixels: int, side: int) -> t
         raise ImageLoadError(
             source, f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}"
         )
-    if min(width, height) <= side:
-        return decode_image(data, source=source, max_pixels=max_pixels), data
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            scale = side / min(width, height)
-            image.draft("RGB", (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            image = _rgb(image)
-            short = min(image.size)
-            if short > side:
-                factor = short / side
-                image = image.resize(
-                    (max(1, round(image.width / factor)), max(1, round(image.height / factor))),
-                    Image.Resampling.LANCZOS,
-                    reducing_gap=3.0,
-                )
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(source, f"refused as a possible decompression bomb ({err})") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageLoadError(source, f"corrupt or truncated image ({err})") from None
-    encoded = io.BytesIO()
-    image.save(encoded, format="PNG", compress_level=1)
-    return image, encoded.getvalue()
-
-
-def _rgb(image):
-    from .images import _to_rgb
-
-    return _to_rgb(image)
+    image = decode_image(data, source=source, max_pixels=max_pixels, draft=draft)
+    short = min(image.size)
+    if short > side:
+        factor = short / side
+        size = (max(1, round(image.width / factor)), max(1, round(image.height / factor)))
+        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return image
 
 
 class PixelBudget:
@@ -245,37 +226,18 @@ class PixelBudget:
             changed.notify_all()
 
 
-def make_scorer(model: TagModel) -> Callable[[Sequence[DecodedImage]], np.ndarray]:
+def make_scorer(model: TagModel, options: RunOptions | None = None) -> Callable[[Sequence[DecodedImage]], np.ndarray]:
     """A function scoring decoded uploads with ``model`` through the method interface: ``(n, n_tags)`` scores.
 
-    Builds exactly the inputs the method declares: ``"features"`` from the decoded pictures (the same backbone
-    preprocessing as ``predict``, no cache), ``"images"`` as temporary files of the uploaded bytes (features the
-    method extracts from them are not cached either),
-    ``"user_tags"`` from the request.
+    The uploads were decoded once when they arrived; the model builds exactly the inputs its method declares from
+    those pictures (the same preprocessing as ``predict``) and the request's user tags. Nothing is cached: neither
+    on disk nor in memory, so a long-running server neither fills the cache nor grows.
     """
-    keys = model.data_keys
-    store = model.feature_store(False) if "features" in keys else None
-    if "images" in keys:
-        # Methods that extract features from the files themselves (an ensemble's members) keep none of an upload's:
-        # neither on disk nor in memory, so a long-running server neither fills the cache nor grows.
-        model.method.use_feature_cache(False, memory=False)
 
     def score(items: Sequence[DecodedImage]) -> np.ndarray:
-        inputs: dict[str, Any] = {}
-        if store is not None:
-            inputs["features"] = store.embed_images([item.image for item in items])
-        if "user_tags" in keys:
-            inputs["user_tags"] = [list(item.user_tags) for item in items]
-        if "images" not in keys:
-            return model.score_inputs(inputs)
-        with tempfile.TemporaryDirectory(prefix="phototag-serve-") as tmp:
-            paths = []
-            for i, item in enumerate(items):
-                path = Path(tmp) / f"{i:04d}{Path(item.name).suffix or '.img'}"
-                path.write_bytes(item.data)
-                paths.append(str(path))
-            inputs["images"] = paths
-            return model.score_inputs(inputs)
+        return model.score_pictures(
+            [item.image for item in items], user_tags=[list(item.user_tags) for item in items], options=options
+        )
 
     return score
 

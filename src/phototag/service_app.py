@@ -131,6 +131,21 @@ def body_timeout_response(seconds: float) -> JSONResponse:
     )
 
 
+def draft_rule(model: TagModel):
+    """How far ``model`` lets a JPEG be reduced while decoding (its backbones' rule, as ``predict`` uses); ``None``
+    for a model that reads no backbone features."""
+    from .inputs import feature_specs
+    from .preprocess import draft_request
+
+    try:
+        specs = list(feature_specs(model.method, model.backbone_spec).values())
+    except ValueError:
+        return None
+    if not specs:
+        return None
+    return lambda width, height: draft_request(specs, width, height)
+
+
 @dataclass
 class Entry:
     """One uploaded file of a request: what came of it (a decoded image, or an error of its own)."""
@@ -150,9 +165,13 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
             "Cross-origin access (--cors-origins) needs a token: start the server with $PHOTOTAG_TOKEN or --token-file."
         )
     batcher = MicroBatcher(
-        make_scorer(model), max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, max_queue=config.max_queue
+        make_scorer(model, config.run_options),
+        max_batch=config.max_batch,
+        max_wait_ms=config.max_wait_ms,
+        max_queue=config.max_queue,
     )
     decoding = PixelBudget(config.decode_pixels)
+    draft = draft_rule(model)
     hosts = allowed_host_names(config)
     feedback = FeedbackStore(config.feedback_db) if config.feedback_db is not None else None
     started = time.time()
@@ -339,16 +358,20 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
         try:
             await entry.upload.seek(0)
             data = await entry.upload.read(config.max_file_bytes + 1)
-            image, model_bytes = await run_in_threadpool(
-                decode_reduced, data, source=entry.name, max_pixels=config.max_pixels, side=config.decode_side
+            image = await run_in_threadpool(
+                decode_reduced,
+                data,
+                source=entry.name,
+                max_pixels=config.max_pixels,
+                side=config.decode_side,
+                draft=draft,
             )
+            del data
         except ImageLoadError as err:
             raise image_error(err, entry.name) from None
         finally:
             await decoding.release(pixels)
-        return DecodedImage(
-            name=entry.name, data=model_bytes, image=image, user_tags=entry.user_tags, size=(width, height)
-        )
+        return DecodedImage(name=entry.name, data=b"", image=image, user_tags=entry.user_tags, size=(width, height))
 
     def split_user_tags(values: list[str] | None, n: int) -> list[list[str]]:
         values = [v for v in (values or []) if v is not None]

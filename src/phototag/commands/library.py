@@ -23,7 +23,7 @@ def _print_changes(changes, *, dry_run: bool, verb: str) -> None:
 
 def write_library_keywords(model, args: argparse.Namespace) -> int:
     """The ``tag --write`` branch: predict, then write the tags as keywords; returns the exit code."""
-    from ..cli import EXIT_OK, EXIT_PARTIAL, CLIError, find_image_paths
+    from ..cli import EXIT_OK, EXIT_PARTIAL, CLIError, find_image_paths, run_options
     from ..images import describe_failures
     from ..xmp import model_identity, write_keywords
 
@@ -31,7 +31,7 @@ def write_library_keywords(model, args: argparse.Namespace) -> int:
         raise CLIError("--write changes the photos' metadata; give your own PATHs, not --examples.")
     paths = find_image_paths(args.paths)
     predictions, unreadable = model.predict(
-        paths, top_k=args.top_k, threshold=args.threshold, balanced=args.balanced, progress=not args.quiet
+        paths, top_k=args.top_k, threshold=args.threshold, balanced=args.balanced, options=run_options(args)
     )
     changes, failures = write_keywords(
         predictions, mode=args.write, model=model_identity(model), naming=args.sidecar, dry_run=args.dry_run

@@ -9,6 +9,7 @@ from ..service import TOKEN_ENV, ServiceConfig
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..cli import run_options
     from ..feedback import default_feedback_path
     from ..model import load_model
     from ..service import model_label, read_token_file, serve
@@ -38,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_hosts=tuple(_names(args.allowed_hosts)) if args.allowed_hosts else None,
         cors_origins=tuple(_names(args.cors_origins)),
         model_name=model_label(model),
+        run_options=run_options(args),
     )
 
     def ready(url: str) -> None:
@@ -128,4 +130,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--max-wait-ms", type=float, default=defaults.max_wait_ms, help="wait for more requests to batch together"
     )
+    from ..cli import add_run_options
+
+    add_run_options(p, cache=False)
     p.set_defaults(func=cmd_serve)
