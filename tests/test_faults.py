@@ -23,6 +23,7 @@ from PIL import Image
 from phototag.cli import main
 from phototag.data import Dataset
 from phototag.feedback import FeedbackStore
+from phototag.fileio import atomic_write_text
 from phototag.importers import run_importer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,6 +134,12 @@ def test_disk_full_keeps_the_old_dataset_and_names_the_folder(tmp_path, capsys):
         assert f"Could not write the dataset '{out}' (No space left on device); nothing there was changed." in err
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
         assert assert_complete(out, 10) == "sky" and leftovers(out) == []
+        # Single files (prediction files, caches) keep the same promise.
+        notes = disk / "notes.txt"
+        atomic_write_text(notes, "kept")
+        with pytest.raises(OSError, match=rf"Could not write the file '{notes}' \(No space left on device\)"):
+            atomic_write_text(notes, "x" * 200_000)
+        assert notes.read_text() == "kept" and leftovers(notes) == []
 
 
 def test_size_limited_file_fails_cleanly(tmp_path):
