@@ -50,7 +50,14 @@ def test_export_writes_a_loadable_dataset_with_the_photos(tmp_path):
         store.add_decision(b, "blue", "accept")
         store.add_decision(nothing, "green", "reject")
     dataset, report = feedback_to_dataset(db, tmp_path / "out")
-    assert report == {"images": 3, "exported": 2, "skipped_no_accepted": 1, "accepted_tags": 2, "rejected_tags": 2}
+    assert report == {
+        "images": 3,
+        "exported": 2,
+        "skipped_no_accepted": 1,
+        "accepted_tags": 2,
+        "rejected_tags": 2,
+        "invalid_tags_dropped": 0,
+    }
     loaded = Dataset.load(tmp_path / "out")
     assert [(r.tags, r.meta["rejected"], r.split) for r in loaded.records] == [
         (["green"], ["circle"], "train"),

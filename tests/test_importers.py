@@ -130,6 +130,14 @@ def test_csv_import(tmp_path):
         ("file,tags,split\na.jpg,sky,training\n", r"line 2: split must be one of"),
         ("file,tags\nx.jpg,sky\ny.jpg,sea\n", "none of the 2 image files exist"),
         ("file,tags,id\na.jpg,sky,1\nb.png,sky,1\n", "id '1' appears twice"),
+        ("file,tags\n../../etc/passwd,sky\n", r"line 2: file '../../etc/passwd' is outside the CSV's folder"),
+        ("file,tags\n/etc/passwd,sky\n", r"line 2: file '/etc/passwd' is outside the CSV's folder"),
+        ("file,tags\nsub/../../x.jpg,sky\n", "is outside the CSV's folder"),
+        ("file,tags,id\na.jpg,sky,1\n./a.jpg,sea,2\n", r"line 3: file './a.jpg' is the same photo as id '1'"),
+        ("file,tags,id\na.jpg,sky,1\nsub/../a.jpg,sea,2\n", "is the same photo as id '1'"),
+        ('file,tags\na.jpg,"sky\nsea"\n', r"line 3: the 'tags' cell spans several lines"),
+        ("file,tags\na.jpg,sky\x00sea\n", r"line 2: the 'tags' cell holds the control character '\\x00'"),
+        ('file,tags\na.jpg,"sky\n', r"photos.csv line \d+: not valid CSV"),
     ],
 )
 def test_csv_bad_input(tmp_path, text, message):
@@ -137,6 +145,20 @@ def test_csv_bad_input(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
         run_importer("csv", csv_file, tmp_path / "ds")
     assert not (tmp_path / "ds").exists()
+
+
+def test_csv_errors_name_the_file(tmp_path):
+    csv_file = _csv_photos(tmp_path, "")
+    csv_file.write_bytes("file,tags\na.jpg,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"photos.csv: not a UTF-8 text file \(byte 19: invalid"):
+        run_importer("csv", csv_file, tmp_path / "ds")
+
+
+def test_csv_absolute_path_inside_the_folder_is_kept(tmp_path):
+    csv_file = _csv_photos(tmp_path, "")
+    csv_file.write_text(f"file,tags\n{tmp_path / 'a.jpg'},sky\nb.png,sea\n")
+    dataset = run_importer("csv", csv_file, tmp_path / "ds")
+    assert [r.tags for r in dataset.records] == [["sky"], ["sea"]]
 
 
 def test_dataset_format_errors(tmp_path):

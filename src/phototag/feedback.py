@@ -22,16 +22,96 @@ import os
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .fileio import atomic_directory
 
 log = logging.getLogger(__name__)
 
 DECISIONS = ("accept", "reject", "clear")
+
+#: Longest tag accepted (characters, after surrounding spaces are removed).
+MAX_TAG_LENGTH = 100
+#: Most user tags stored with one photo.
+MAX_USER_TAGS = 64
+#: Punctuation a tag may hold besides letters, marks, digits, symbols (emoji) and single spaces.
+TAG_PUNCTUATION = frozenset("-_'’.&+#@/:!?")
+#: Symbols refused although they are symbols: markup and shell characters have no place in a keyword.
+TAG_REFUSED_SYMBOLS = frozenset("<>`|^")
+
+
+def clean_tag(tag: str) -> str:
+    """A tag as stored: surrounding spaces removed; refused when it could corrupt a vocabulary or a sidecar.
+
+    Allowed: letters, combining marks, digits, symbols such as emoji, single inner spaces and the punctuation in
+    :data:`TAG_PUNCTUATION`. Refused (``ValueError`` saying why): empty or whitespace-only, longer than
+    :data:`MAX_TAG_LENGTH`, control characters (NUL, newline, tab, ...), other punctuation (quotes, brackets,
+    ``;``...) and the symbols in :data:`TAG_REFUSED_SYMBOLS` (``<``, ``>``, ...).
+
+    >>> clean_tag("  new york ")
+    'new york'
+    """
+    if not isinstance(tag, str):
+        raise ValueError(f"a tag must be a string, got {type(tag).__name__}")
+    tag = tag.strip()
+    if not tag:
+        raise ValueError("a tag must not be empty or only spaces")
+    if len(tag) > MAX_TAG_LENGTH:
+        raise ValueError(f"a tag must be at most {MAX_TAG_LENGTH} characters, got {len(tag)}")
+    if "  " in tag:
+        raise ValueError(f"a tag must not hold repeated spaces: {tag!r}")
+    for char in tag:
+        kind = unicodedata.category(char)
+        if char == " " or (kind[0] in "LMNS" and char not in TAG_REFUSED_SYMBOLS) or char in TAG_PUNCTUATION:
+            continue
+        what = "control character" if kind[0] in "CZ" else "character"
+        raise ValueError(f"a tag must not hold the {what} {char!r}: {tag[:40]!r}")
+    return tag
+
+
+Tag = Annotated[str, Field(max_length=4 * MAX_TAG_LENGTH), AfterValidator(clean_tag)]
+
+
+class FeedbackDecision(BaseModel):
+    """One accept / reject / clear click, as the service receives it and the store records it (one schema)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_id: str = Field(pattern="^[0-9a-f]{40}$", description="from POST /v1/feedback/images (SHA-1, 40 hex)")
+    tag: Tag = Field(description=f"the tag decided on (at most {MAX_TAG_LENGTH} characters)")
+    decision: Literal["accept", "reject", "clear"] = Field(description="accept, reject or clear")
+    score: float | None = Field(
+        None, ge=0.0, le=1.0, allow_inf_nan=False, description="the score the tag was suggested with (0 to 1)"
+    )
+
+
+def validation_message(err: ValidationError) -> str:
+    """One line from a pydantic error: ``field: what is wrong`` for each problem."""
+    parts = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item.get("loc", ()))
+        message = str(item.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def clean_user_tags(text: str | Sequence[str] | None) -> list[str]:
+    """The user's own tags (a space-separated string or a list), each checked by :func:`clean_tag`.
+
+    Raises:
+        ValueError: More than :data:`MAX_USER_TAGS` tags, or a tag :func:`clean_tag` refuses.
+    """
+    tags = (text or "").split() if isinstance(text, str | None) else [t for t in text if t.strip()]
+    if len(tags) > MAX_USER_TAGS:
+        raise ValueError(f"at most {MAX_USER_TAGS} user tags per photo, got {len(tags)}")
+    return [clean_tag(t) for t in tags]
+
 
 #: File name ending per image content type, for exported images.
 _EXTENSIONS = {
@@ -143,7 +223,12 @@ class FeedbackStore:
         height: int | None = None,
         user_tags: Sequence[str] = (),
     ) -> str:
-        """Store a photo (once per content); returns its id, the SHA-1 of the bytes."""
+        """Store a photo (once per content); returns its id, the SHA-1 of the bytes.
+
+        Raises:
+            ValueError: A user tag :func:`clean_tag` refuses.
+        """
+        user_tags = clean_user_tags(list(user_tags))
         sha1 = hashlib.sha1(data).hexdigest()
         with self._lock, self._conn:
             self._conn.execute(
@@ -159,14 +244,17 @@ class FeedbackStore:
         """Record one click; returns the row id.
 
         Raises:
-            ValueError: ``decision`` is not one of :data:`DECISIONS`, ``tag`` is empty.
+            ValueError: A field :class:`FeedbackDecision` refuses (``decision`` not one of :data:`DECISIONS`, a tag
+                :func:`clean_tag` refuses, a score that is not a finite number in [0, 1]).
             KeyError: No stored photo has id ``image_id``.
         """
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {DECISIONS}. Got {decision!r} instead.")
-        tag = tag.strip()
-        if not tag:
-            raise ValueError("tag must be a non-empty string.")
+        try:
+            checked = FeedbackDecision(image_id=image_id, tag=tag, decision=decision, score=score)
+        except ValidationError as err:
+            raise ValueError(validation_message(err)) from None
+        tag, score = checked.tag, checked.score
         with self._lock, self._conn:
             if self._conn.execute("SELECT 1 FROM images WHERE sha1 = ?", (image_id,)).fetchone() is None:
                 raise KeyError(image_id)
@@ -264,6 +352,7 @@ def feedback_to_dataset(
     store = db if isinstance(db, FeedbackStore) else FeedbackStore(existing_feedback_db(db))
     try:
         examples = store.examples()
+        dropped = _drop_invalid_tags(examples)
         usable = [e for e in examples if e.accepted]
         report = {
             "images": len(examples),
@@ -271,6 +360,7 @@ def feedback_to_dataset(
             "skipped_no_accepted": len(examples) - len(usable),
             "accepted_tags": sum(len(e.accepted) for e in usable),
             "rejected_tags": sum(len(e.rejected) for e in examples),
+            "invalid_tags_dropped": dropped,
         }
         if not usable:
             raise ValueError(
@@ -312,6 +402,24 @@ def feedback_to_dataset(
     finally:
         if store is not db:
             store.close()
+
+
+def _drop_invalid_tags(examples: list[FeedbackExample]) -> int:
+    """Remove tags :func:`clean_tag` refuses (a database written before tags were checked); returns how many."""
+    dropped = 0
+    for example in examples:
+        for name in ("accepted", "rejected", "user_tags"):
+            tags = getattr(example, name)
+            kept = []
+            for tag in tags:
+                try:
+                    kept.append(clean_tag(tag))
+                except ValueError:
+                    dropped += 1
+            setattr(example, name, kept)
+    if dropped:
+        log.warning("Left out %d stored tag(s) that are not valid tags (control characters, empty, ...).", dropped)
+    return dropped
 
 
 def existing_feedback_db(path: str | os.PathLike) -> Path:

@@ -13,8 +13,10 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -184,14 +186,27 @@ def import_corel5k(src: Path) -> Dataset:
 # --- generic CSV ----------------------------------------------------------------------------------------------------
 @register_importer("csv")
 def import_csv(src: Path) -> Dataset:
-    """CSV with columns ``file,tags`` and optional ``user_tags``, ``split``, ``id``; ``file`` relative to the CSV."""
+    """CSV with columns ``file,tags`` and optional ``user_tags``, ``split``, ``id``; ``file`` relative to the CSV.
+
+    Every ``file`` must stay inside the CSV's folder (no ``../`` escapes, no absolute paths elsewhere), each photo is
+    listed once, and a cell may not span lines or hold control characters: such rows are refused with the line
+    number rather than imported as something the user did not mean.
+    """
     if src.is_dir():
         raise RawDataError(f"'{src}' is a folder; `phototag import csv` takes the CSV file itself.")
     try:
         text = src.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise RawDataError(f"{src}: not a UTF-8 text file ({err}).") from None
-    reader = csv.DictReader(text.splitlines())
+        raise RawDataError(
+            f"{src}: not a UTF-8 text file (byte {err.start}: {err.reason}); save it as UTF-8 and import again."
+        ) from None
+    except OSError as err:
+        raise RawDataError(f"{src}: cannot read the file ({err.strerror or err}).") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
+        numbered = [(reader.line_num, raw) for raw in reader]
+    except csv.Error as err:
+        raise RawDataError(f"{src} line {reader.line_num}: not valid CSV ({err}).") from None
     columns = [c.strip() for c in (reader.fieldnames or [])]
     if "file" not in columns or "tags" not in columns:
         raise RawDataError(
@@ -202,9 +217,11 @@ def import_csv(src: Path) -> Dataset:
     missing: list[str] = []
     records_in = 0
     seen_ids: set[str] = set()
-    for line_no, raw in enumerate(reader, 2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+    seen_files: dict[Path, str] = {}
+    for line_no, raw in numbered:
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None and isinstance(v, str)}
         records_in += 1
+        _check_csv_cells(src, line_no, row)
         file = row.get("file", "")
         if not file:
             raise RawDataError(f"{src} line {line_no}: the 'file' cell is empty.")
@@ -215,6 +232,13 @@ def import_csv(src: Path) -> Dataset:
         if record_id in seen_ids:
             raise RawDataError(f"{src} line {line_no}: id {record_id!r} appears twice; ids must be unique.")
         seen_ids.add(record_id)
+        target = _inside_folder(src, line_no, root, file)
+        if target in seen_files:
+            raise RawDataError(
+                f"{src} line {line_no}: file {file!r} is the same photo as id {seen_files[target]!r} on an earlier "
+                "line; list each photo once (put all its tags on one line)."
+            )
+        seen_files[target] = record_id
         if not (root / file).is_file():
             missing.append(str(root / file))
             continue
@@ -237,6 +261,35 @@ def import_csv(src: Path) -> Dataset:
     info = {"source": "csv", "csv": str(src.resolve()), "import": _report(records_in, records, missing)}
     info["import"]["records_without_tags"] = untagged
     return Dataset(records, name=src.stem, image_root=root, info=info)
+
+
+def _check_csv_cells(src: Path, line_no: int, row: dict[str, str]) -> None:
+    """Refuse cells spanning lines (a quoted newline) or holding control characters, naming the line and column."""
+    for column, value in row.items():
+        if "\n" in value or "\r" in value:
+            raise RawDataError(
+                f"{src} line {line_no}: the {column!r} cell spans several lines (a quoted line break); "
+                "put each photo's cells on one line."
+            )
+        bad = next((c for c in value if unicodedata.category(c) == "Cc" and c != "\t"), None)
+        if bad is not None:
+            raise RawDataError(
+                f"{src} line {line_no}: the {column!r} cell holds the control character {bad!r}; remove it."
+            )
+
+
+def _inside_folder(src: Path, line_no: int, root: Path, file: str) -> Path:
+    """The resolved path of ``file``; refuses one that leaves the CSV's folder (``../`` or an absolute path).
+
+    The check is on the path as written: a link the user placed inside the folder is followed on purpose.
+    """
+    written = Path(os.path.normpath(os.path.abspath(root / file)))
+    if not written.is_relative_to(os.path.abspath(root)):
+        raise RawDataError(
+            f"{src} line {line_no}: file {file!r} is outside the CSV's folder '{os.path.abspath(root)}'; "
+            "give paths relative to the CSV, and keep the photos in its folder or below."
+        )
+    return written.resolve()
 
 
 # --- HARRISON -------------------------------------------------------------------------------------------------------

@@ -5,12 +5,16 @@ FastAPI reads the endpoint signatures' annotations, so the request and response 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
 import time
+import urllib.parse
+from dataclasses import dataclass
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -20,20 +24,29 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
-from .feedback import FeedbackStore
-from .images import ImageLoadError, decode_image
+from .feedback import FeedbackDecision, FeedbackStore, clean_user_tags
+from .images import ImageLoadError
 from .model import TagModel
 from .service import (
     IMAGE_CONTENT_TYPES,
     WEB_DIR,
     DecodedImage,
     MicroBatcher,
+    PixelBudget,
+    QueueFullError,
     ServiceConfig,
     ServiceError,
+    allowed_host_names,
+    clean_upload_name,
+    decode_reduced,
+    image_size,
     make_scorer,
 )
 
 log = logging.getLogger("phototag.service")
+
+#: Methods that change state; refused cross-origin on a server without a token.
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class TagScore(BaseModel):
@@ -42,19 +55,14 @@ class TagScore(BaseModel):
 
 
 class Prediction(BaseModel):
-    image: str = Field(description="the uploaded file name")
-    tags: list[TagScore] = Field(description="chosen tags, highest score first")
+    image: str = Field(description="the uploaded file name (folders and control characters removed)")
+    tags: list[TagScore] | None = Field(None, description="chosen tags, highest score first (absent on error)")
+    error: str | None = Field(None, description="only when this image failed: a code such as bad_image")
+    detail: str | None = Field(None, description="only when this image failed: what went wrong")
 
 
 class StoredImage(BaseModel):
     image_id: str = Field(description="SHA-1 of the image bytes; send it with each decision")
-
-
-class Decision(BaseModel):
-    image_id: str = Field(description="from POST /v1/feedback/images")
-    tag: str = Field(min_length=1, max_length=200)
-    decision: str = Field(pattern="^(accept|reject|clear)$", description="accept, reject or clear")
-    score: float | None = Field(None, description="the score the tag was suggested with")
 
 
 class DecisionSaved(BaseModel):
@@ -64,11 +72,107 @@ class DecisionSaved(BaseModel):
     decision: str
 
 
+class BodyTimeoutError(Exception):
+    """The client did not send its request body within the deadline."""
+
+
+class BodyDeadline:
+    """ASGI middleware: the whole request body must arrive within ``seconds`` (a slow sender gets 408).
+
+    The deadline wraps ``receive``; a timeout is marked in the scope, so the error handlers answer 408 whatever layer
+    (form parsing, JSON parsing) noticed it.
+    """
+
+    def __init__(self, app, seconds: float):
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") not in UNSAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.seconds
+        started = False
+
+        async def timed_receive():
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                return await asyncio.wait_for(receive(), remaining)
+            except TimeoutError:
+                scope["phototag.body_timeout"] = True
+                raise BodyTimeoutError(f"the request body did not arrive within {self.seconds:g} s") from None
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, tracked_send)
+        except BodyTimeoutError:
+            if not started:
+                response = body_timeout_response(self.seconds)
+                await response(scope, receive, send)
+
+
+def _shown(part: Any, limit: int = 40) -> str:
+    """A field name from a client, safe to show on one line (a JSON key may hold a newline or be huge)."""
+    text = str(part)
+    text = text if text.isprintable() else repr(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def body_timeout_response(seconds: float) -> JSONResponse:
+    return JSONResponse(
+        {"error": "request_timeout", "detail": f"The request body did not arrive within {seconds:g} s."},
+        status_code=408,
+        headers={"Connection": "close"},
+    )
+
+
+def draft_rule(model: TagModel):
+    """How far ``model`` lets a JPEG be reduced while decoding (its backbones' rule, as ``predict`` uses); ``None``
+    for a model that reads no backbone features."""
+    from .inputs import feature_specs
+    from .preprocess import draft_request
+
+    try:
+        specs = list(feature_specs(model.method, model.backbone_spec).values())
+    except ValueError:
+        return None
+    if not specs:
+        return None
+    return lambda width, height: draft_request(specs, width, height)
+
+
+@dataclass
+class Entry:
+    """One uploaded file of a request: what came of it (a decoded image, or an error of its own)."""
+
+    name: str
+    upload: UploadFile
+    user_tags: list[str]
+    size: tuple[int, int] = (0, 0)
+    item: DecodedImage | None = None
+    error: ServiceError | None = None
+
+
 def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
     """The app for ``model`` with resolved ``config`` (use :func:`phototag.service.create_app`)."""
+    if config.cors_origins and config.token is None:
+        raise ValueError(
+            "Cross-origin access (--cors-origins) needs a token: start the server with $PHOTOTAG_TOKEN or --token-file."
+        )
     batcher = MicroBatcher(
-        make_scorer(model, config.run_options), max_batch=config.max_batch, max_wait_ms=config.max_wait_ms
+        make_scorer(model, config.run_options),
+        max_batch=config.max_batch,
+        max_wait_ms=config.max_wait_ms,
+        max_queue=config.max_queue,
     )
+    decoding = PixelBudget(config.decode_pixels)
+    draft = draft_rule(model)
+    hosts = allowed_host_names(config)
     feedback = FeedbackStore(config.feedback_db) if config.feedback_db is not None else None
     started = time.time()
 
@@ -105,25 +209,55 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
+        if request.scope.get("phototag.body_timeout"):
+            return body_timeout_response(config.body_timeout_s)
         parts = []
         for item in exc.errors():
-            where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query"))
-            parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
-        return error(422, "invalid_request", "; ".join(parts) or "invalid request")
+            where = ".".join(_shown(p) for p in item.get("loc", ()) if p not in ("body", "query"))
+            message = str(item.get("msg")).removeprefix("Value error, ")
+            parts.append(f"{where}: {message}" if where else message)
+        return error(422, "invalid_request", "; ".join(parts)[:1000] or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
+        if request.scope.get("phototag.body_timeout"):
+            return body_timeout_response(config.body_timeout_s)
         codes = {404: "not_found", 405: "method_not_allowed"}
         return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
+        # The exception text may hold server paths: it goes to the log, the client gets its kind only.
         log.exception("phototag serve: %s %s failed", request.method, request.url.path)
-        return error(500, "internal_error", f"The server failed on this request ({type(exc).__name__}: {exc}).")
+        return error(500, "internal_error", f"The server failed on this request ({type(exc).__name__}).")
+
+    def host_refusal(request: Request) -> JSONResponse | None:
+        """The Host header must name this server (DNS-rebinding guard); writes must come from its own pages."""
+        raw_host = request.headers.get("host", "")
+        name = (urllib.parse.urlsplit(f"//{raw_host}").hostname or "") if raw_host else ""
+        if hosts is not None and name not in hosts:
+            return error(
+                400,
+                "invalid_host",
+                f"This server does not answer to the host name {raw_host[:100]!r}; start it with --allowed-hosts "
+                "NAME (or a token) to serve it under other names.",
+            )
+        origin = request.headers.get("origin")
+        cross_site = origin is not None and origin != f"{request.url.scheme}://{raw_host}"
+        if config.token is None and request.method in UNSAFE_METHODS and cross_site:
+            return error(
+                403,
+                "cross_origin",
+                f"Writes from another web site ({origin[:100]}) are refused on a server without a token.",
+            )
+        return None
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        """Bearer token for /v1/..., and the request-size limit before any body is read."""
+        """Host and origin checks, the bearer token for /v1/..., and the request-size limit before any body is read."""
+        refused = host_refusal(request)
+        if refused is not None:
+            return refused
         if request.url.path.startswith("/v1/"):
             if config.token is not None:
                 sent = request.headers.get("authorization", "")
@@ -140,7 +274,7 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
                 try:
                     too_big = int(length) > config.max_request_bytes
                 except ValueError:
-                    return error(400, "bad_request", f"Content-Length must be an integer. Got {length!r}.")
+                    return error(400, "bad_request", f"Content-Length must be an integer. Got {length[:40]!r}.")
                 if too_big:
                     return error(
                         413,
@@ -149,57 +283,160 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
                     )
             elif request.method == "POST":
                 return error(411, "length_required", "Send a Content-Length header (chunked uploads are refused).")
+            if request.method == "POST" and request.url.path == "/v1/tag":
+                try:
+                    batcher.check_room()  # before the body is read: a full queue costs the server nothing
+                except QueueFullError as err:
+                    return queue_full(err)
         return await call_next(request)
 
-    async def read_upload(upload: UploadFile, user_tags: list[str]) -> DecodedImage:
-        name = upload.filename or "upload"
+    def queue_full(err: QueueFullError) -> JSONResponse:
+        return error(
+            503,
+            "busy",
+            f"The server is busy ({batcher.pending} requests waiting); retry in {err.retry_after} s.",
+            {"Retry-After": str(err.retry_after)},
+        )
+
+    app.add_middleware(BodyDeadline, seconds=config.body_timeout_s)
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    def image_error(err: ImageLoadError, name: str) -> ServiceError:
+        too_big = "over the limit" in err.reason or "decompression bomb" in err.reason
+        return ServiceError(413 if too_big else 422, "bad_image", f"{name}: {err.reason}")
+
+    def check_upload(entry: Entry) -> None:
+        """Content type, byte size and pixel size from the file's header (nothing decoded yet)."""
+        upload, name = entry.upload, entry.name
         content_type = (upload.content_type or "").split(";")[0].strip().lower()
         if content_type not in IMAGE_CONTENT_TYPES:
             raise ServiceError(
                 415,
                 "unsupported_media_type",
-                f"'{name}' was sent as {content_type or 'no content type'!r}; send images as one of "
+                f"'{name}' was sent as {content_type[:60] or 'no content type'!r}; send images as one of "
                 f"{', '.join(sorted(IMAGE_CONTENT_TYPES))}.",
             )
-        data = await upload.read(config.max_file_bytes + 1)
-        if len(data) > config.max_file_bytes:
+        size = upload.size
+        if size is None:
+            upload.file.seek(0, 2)
+            size = upload.file.tell()
+        if size > config.max_file_bytes:
             raise ServiceError(
                 413, "payload_too_large", f"'{name}' is over the limit of {config.max_file_bytes:,} bytes per image."
             )
+        upload.file.seek(0)
+        head = upload.file.read(min(size, 4 * 1024 * 1024))  # enough for any header PIL reads for the size
         try:
-            image = await run_in_threadpool(decode_image, data, source=name, max_pixels=config.max_pixels)
+            entry.size = image_size(head, name)
         except ImageLoadError as err:
-            status = 413 if "over the limit" in err.reason or "decompression bomb" in err.reason else 422
-            raise ServiceError(status, "bad_image", f"{err.path}: {err.reason}") from None
-        return DecodedImage(name=name, data=data, image=image, user_tags=user_tags)
+            if len(head) < size and "truncated" in err.reason:
+                entry.size = (0, 0)  # a header beyond the first 4 MB: the full decode decides
+            else:
+                raise image_error(err, name) from None
+        width, height = entry.size
+        if width * height > config.max_pixels:
+            raise ServiceError(
+                413,
+                "bad_image",
+                f"{name}: image is {width}x{height} = {width * height:,} pixels, over the limit of "
+                f"{config.max_pixels:,}",
+            )
+
+    async def decode_entry(entry: Entry) -> DecodedImage:
+        """Decode one upload at reduced size, inside the shared pixel budget."""
+        width, height = entry.size
+        pixels = width * height or config.max_pixels  # size unknown from the first 4 MB: budget the largest
+        await decoding.acquire(pixels)
+        try:
+            await entry.upload.seek(0)
+            data = await entry.upload.read(config.max_file_bytes + 1)
+            image = await run_in_threadpool(
+                decode_reduced,
+                data,
+                source=entry.name,
+                max_pixels=config.max_pixels,
+                side=config.decode_side,
+                draft=draft,
+            )
+            del data
+        except ImageLoadError as err:
+            raise image_error(err, entry.name) from None
+        finally:
+            await decoding.release(pixels)
+        return DecodedImage(name=entry.name, data=b"", image=image, user_tags=entry.user_tags, size=(width, height))
 
     def split_user_tags(values: list[str] | None, n: int) -> list[list[str]]:
         values = [v for v in (values or []) if v is not None]
-        if not values:
-            return [[] for _ in range(n)]
-        if len(values) == 1:
-            return [values[0].split() for _ in range(n)]
-        if len(values) != n:
+        if len(values) > 1 and len(values) != n:
             raise ServiceError(
                 422,
                 "invalid_request",
                 f"Got {len(values)} user_tags values for {n} images; send one (for all) or one per image.",
             )
-        return [v.split() for v in values]
+        try:
+            cleaned = [clean_user_tags(v) for v in values]
+        except ValueError as err:
+            raise ServiceError(422, "invalid_request", f"user_tags: {err}") from None
+        if not cleaned:
+            return [[] for _ in range(n)]
+        return [list(cleaned[0]) for _ in range(n)] if len(cleaned) == 1 else cleaned
 
-    @app.post("/v1/tag", response_model=list[Prediction], summary="Suggest tags for one or more images")
+    async def score_entries(entries: list[Entry]) -> dict[int, Any]:
+        """Scores of the decoded entries by index; an entry whose scoring fails gets its own error."""
+        ready = [i for i, e in enumerate(entries) if e.item is not None]
+        if not ready:
+            return {}
+        try:
+            rows = await batcher.submit([entries[i].item for i in ready])
+            return dict(zip(ready, rows, strict=True))
+        except QueueFullError:
+            raise
+        except Exception:
+            if len(ready) == 1:
+                log.exception("phototag serve: scoring %r failed", entries[ready[0]].name)
+                entries[ready[0]].error = model_failure(entries[ready[0]].name)
+                return {}
+        scores = {}
+        for i in ready:  # find the file(s) the model cannot score; the rest are answered
+            try:
+                scores[i] = (await batcher.submit([entries[i].item]))[0]
+            except QueueFullError:
+                raise
+            except Exception:
+                log.exception("phototag serve: scoring %r failed", entries[i].name)
+                entries[i].error = model_failure(entries[i].name)
+        return scores
+
+    def model_failure(name: str) -> ServiceError:
+        return ServiceError(500, "internal_error", f"The model could not score '{name}'; the server log has details.")
+
+    @app.post(
+        "/v1/tag",
+        response_model=list[Prediction],
+        response_model_exclude_none=True,
+        summary="Suggest tags for one or more images",
+    )
     async def tag_images(
         files: Annotated[list[UploadFile], File(description="one or more images (JPEG, PNG, WebP, GIF, BMP, TIFF)")],
         user_tags: Annotated[
             list[str] | None,
             Form(description="the user's own tags, space-separated: one value for all images or one per image"),
         ] = None,
-        top_k: Annotated[int | None, Query(ge=1, description="return exactly the K best tags")] = None,
+        top_k: Annotated[int | None, Query(ge=1, le=10_000, description="return exactly the K best tags")] = None,
         balanced: Annotated[
             bool | None, Query(description="top_k ranked by the model's balancing offsets (rare tags get a share)")
         ] = None,
         threshold: Annotated[
-            float | None, Query(description="keep tags scoring at least this (default rule: 0.3)")
+            float | None,
+            Query(ge=0.0, le=1.0, allow_inf_nan=False, description="keep tags scoring at least this (default 0.3)"),
         ] = None,
     ):
         if len(files) > config.max_files:
@@ -212,11 +449,46 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
             except ValueError as err:
                 raise ServiceError(422, "invalid_request", str(err)) from None
         tags_per_image = split_user_tags(user_tags, len(files))
-        items = [await read_upload(f, t) for f, t in zip(files, tags_per_image, strict=True)]
-        scores = await batcher.submit(items)
-        return model.format_predictions(
-            [i.name for i in items], scores, top_k=top_k, threshold=threshold, balanced=balanced
+        entries = [Entry(clean_upload_name(f.filename), f, t) for f, t in zip(files, tags_per_image, strict=True)]
+        for entry in entries:
+            try:
+                check_upload(entry)
+            except ServiceError as err:
+                entry.error = err
+        total = sum(e.size[0] * e.size[1] for e in entries if e.error is None)
+        if total > config.max_request_pixels:
+            raise ServiceError(
+                413,
+                "too_many_pixels",
+                f"The images of this request hold {total:,} pixels together; the limit is "
+                f"{config.max_request_pixels:,} per request. Send fewer or smaller images per request.",
+            )
+        for entry in entries:  # one at a time: a request never holds more than one full-size picture
+            if entry.error is None:
+                try:
+                    entry.item = await decode_entry(entry)
+                except ServiceError as err:
+                    entry.error = err
+        try:
+            scores = await score_entries(entries)
+        except QueueFullError as err:
+            return queue_full(err)
+        if not scores:  # nothing to answer: the request fails as its first file did
+            first = next(e.error for e in entries if e.error is not None)
+            raise first
+        ok = sorted(scores)
+        formatted = model.format_predictions(
+            [entries[i].name for i in ok],
+            np.stack([scores[i] for i in ok]),
+            top_k=top_k,
+            threshold=threshold,
+            balanced=balanced,
         )
+        by_index = dict(zip(ok, formatted, strict=True))
+        return [
+            by_index.get(i) or {"image": e.name, "error": e.error.code, "detail": e.error.detail}
+            for i, e in enumerate(entries)
+        ]
 
     @app.get("/v1/tags", summary="The model's vocabulary (the tags it can suggest), in score-column order")
     async def vocabulary() -> dict[str, Any]:
@@ -233,6 +505,8 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
             "uptime_s": round(time.time() - started, 1),
             "batches": batcher.batches,
             "images_scored": batcher.items,
+            "queued": batcher.pending,
+            "refused_busy": batcher.refused,
             "feedback": feedback is not None,
         }
 
@@ -250,21 +524,29 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
         user_tags: Annotated[str | None, Form(description="the user's own tags, space-separated")] = None,
     ):
         store = need_feedback()
-        item = await read_upload(file, (user_tags or "").split())
+        try:
+            tags = clean_user_tags(user_tags)
+        except ValueError as err:
+            raise ServiceError(422, "invalid_request", f"user_tags: {err}") from None
+        entry = Entry(clean_upload_name(file.filename), file, tags)
+        check_upload(entry)
+        item = await decode_entry(entry)  # the photo must decode; the original bytes are what is stored
+        await file.seek(0)
+        original = await file.read(config.max_file_bytes + 1)
         content_type = (file.content_type or "").split(";")[0].strip().lower()
         image_id = await run_in_threadpool(
             store.add_image,
-            item.data,
+            original,
             name=item.name,
             content_type=content_type,
-            width=item.image.width,
-            height=item.image.height,
+            width=item.size[0] or item.image.width,
+            height=item.size[1] or item.image.height,
             user_tags=item.user_tags,
         )
         return {"image_id": image_id}
 
     @app.post("/v1/feedback", response_model=DecisionSaved, summary="Record an accept / reject / clear click")
-    async def feedback_decision(body: Decision):
+    async def feedback_decision(body: FeedbackDecision):
         store = need_feedback()
         try:
             row = await run_in_threadpool(
@@ -274,7 +556,7 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
             raise ServiceError(
                 404, "unknown_image", f"No stored image {body.image_id!r}; POST it to /v1/feedback/images first."
             ) from None
-        return {"id": row, "image_id": body.image_id, "tag": body.tag.strip(), "decision": body.decision}
+        return {"id": row, "image_id": body.image_id, "tag": body.tag, "decision": body.decision}
 
     @app.get("/v1/feedback/summary", summary="Counts of stored photos and decisions")
     async def feedback_summary() -> dict[str, int]:
