@@ -196,10 +196,6 @@ def _edit_weights(model_dir: Path, name: str, edit) -> None:
     save_file(tensors, str(model_dir / "weights.safetensors"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="passes once TagModel.load calls phototag.model_checks (model.py is the lead's; see the issue-18 report)",
-)
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_loading_a_damaged_model_is_one_model_error(tmp_path, damage):
     from phototag.model import ModelFormatError as LoadError

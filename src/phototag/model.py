@@ -31,7 +31,8 @@ from .errors import ModelFormatError
 from .features import FeatureStore, ImageItem
 from .fileio import atomic_directory
 from .inputs import build_inputs, feature_specs, make_stores
-from .methods import TaggingMethod, create_method
+from .methods import TaggingMethod, create_method, get_method_class
+from .model_checks import check_header, check_methods, check_weights
 from .runtime import RunOptions
 from .vocab import TagVocabulary
 
@@ -388,21 +389,16 @@ class TagModel:
             header = json.loads(header_file.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ModelFormatError(f"{header_file} is damaged ({err}); retrain or restore the model.") from None
-        if header.get("format") != MODEL_FORMAT:
-            raise ModelFormatError(f"{header_file} is not a phototag model file (format {header.get('format')!r}).")
-        version = header.get("format_version")
-        if version != MODEL_FORMAT_VERSION:
-            raise ModelFormatError(
-                f"Model '{path}' has model format version {version}, but this phototag ({__version__}) reads version "
-                f"{MODEL_FORMAT_VERSION}. Use the phototag version that wrote it ({header.get('phototag_version')}) "
-                "or retrain the model."
-            )
+        # Damaged or hand-edited files become one-line errors naming the file (phototag.model_checks).
+        header = check_header(header, header_file, format_version=MODEL_FORMAT_VERSION)
         try:
             tensors = load_file(str(path / "weights.safetensors"))
         except Exception as err:
             raise ModelFormatError(
                 f"Cannot read {path / 'weights.safetensors'} ({err}); the model is damaged."
             ) from None
+        check_methods(header, get_method_class, header_file)
+        check_weights(tensors, header, path / "weights.safetensors")
         vocab = TagVocabulary.load(path / "vocab.json")
         method = create_method(header["method"], header["config"])
         method.set_state(

@@ -25,9 +25,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-
-class ModelFormatError(ValueError):
-    """A model directory is missing, damaged or from an incompatible phototag version."""
+from .errors import ModelFormatError
 
 
 class DecisionHeader(BaseModel):
@@ -164,20 +162,22 @@ def _check_method(
         method_class = get_method_class(method)
     except ValueError as err:
         raise ModelFormatError(f"{file}: {where}: {err}") from None
-    check_method_config(method, config, method_class.Config, file)
-    members = meta.get("members")
-    if members is None:
-        return
-    if not isinstance(members, list):
-        raise ModelFormatError(
-            f"{file} is damaged: {where} meta 'members' must be a list, got {type(members).__name__}."
-        )
-    for i, member in enumerate(members):
-        if not isinstance(member, dict) or not {"method", "config", "meta"} <= set(member):
+    retired = getattr(method_class, "retired_settings", ())  # settings older versions saved; dropped on loading
+    check_method_config(method, {k: v for k, v in config.items() if k not in retired}, method_class.Config, file)
+    for key, label in (("members", "member"), ("parts", "part")):  # ensemble members, merged parts
+        members = meta.get(key)
+        if members is None:
+            continue
+        if not isinstance(members, list):
             raise ModelFormatError(
-                f"{file} is damaged: {where} member {i} must be an object with method, config and meta."
+                f"{file} is damaged: {where} meta '{key}' must be a list, got {type(members).__name__}."
             )
-        _check_method(member["method"], member["config"], member["meta"], get_method_class, file, f"member {i}")
+        for i, member in enumerate(members):
+            if not isinstance(member, dict) or not {"method", "config", "meta"} <= set(member):
+                raise ModelFormatError(
+                    f"{file} is damaged: {where} {label} {i} must be an object with method, config and meta."
+                )
+            _check_method(member["method"], member["config"], member["meta"], get_method_class, file, f"{label} {i}")
 
 
 # --- weights ----------------------------------------------------------------------------------------------------

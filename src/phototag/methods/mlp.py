@@ -68,7 +68,7 @@ def head_scores(arrays: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
 class MLPTagger(TaggingMethod):
     """Two-layer sigmoid head on pooled features; scores are sigmoid probabilities."""
 
-    description = "a multi-label head on a backbone's features: Dense 512 ReLU, Dropout 0.5, sigmoid; weighted BCE, Adam"
+    description = "multi-label head on a backbone's features: Dense 512 ReLU, Dropout 0.5, sigmoid; weighted BCE, Adam"
     Config = MLPConfig
     data_keys = ("features",)
 
