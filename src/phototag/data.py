@@ -28,7 +28,8 @@ from .vocab import TagVocabulary
 
 DATASET_FORMAT = "phototag-dataset"
 DATASET_FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
+#: ``unlabeled``: photos without tags (e.g. a photo library's untagged photos); never trained or evaluated on.
+SPLITS = ("train", "val", "test", "unlabeled")
 
 
 class DatasetFormatError(ValueError):
@@ -44,7 +45,7 @@ class ImageRecord:
         file: Image path relative to the dataset's ``image_root`` (``None`` for tag-only data).
         tags: Target tags (ground truth for training and evaluation).
         user_tags: The user's own tags (input for contextual methods, noisy tags for refinement).
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"unlabeled"``.
         meta: Free-form extra fields from the source (folder, original path, ...).
     """
 

@@ -521,10 +521,14 @@ def exiftool_path() -> str:
 
 @dataclass
 class EmbeddedMetadata:
-    """What a photo holds inside: its XMP packet text (``None`` when it has none) and IPTC ``Keywords``."""
+    """What a photo holds inside: its XMP packet text (``None`` when it has none) and IPTC ``Keywords``.
+
+    ``problem`` says why the file is not a readable photo (exiftool's error, or the type it found instead).
+    """
 
     packet: str | None
     iptc_keywords: list[str]
+    problem: str | None = None
 
 
 def read_embedded(images: Sequence[Path], exiftool) -> tuple[dict[str, EmbeddedMetadata], dict[str, str]]:
@@ -538,7 +542,7 @@ def read_embedded(images: Sequence[Path], exiftool) -> tuple[dict[str, EmbeddedM
 
     from .exiftool import as_list
 
-    options = ["-b", "-XMP", "-IPTC:Keywords", "-charset", "iptc=UTF8"]
+    options = ["-b", "-XMP", "-IPTC:Keywords", "-FileType", "-MIMEType", "-Error", "-charset", "iptc=UTF8"]
     records, errors = exiftool.read_json(images, options)
     found = {}
     for path, record in records.items():
@@ -546,7 +550,10 @@ def read_embedded(images: Sequence[Path], exiftool) -> tuple[dict[str, EmbeddedM
         if isinstance(raw, str) and raw.startswith("base64:"):
             raw = base64.b64decode(raw[7:]).decode("utf-8", "replace")
         packet = raw if isinstance(raw, str) and raw.strip() else None
-        found[path] = EmbeddedMetadata(packet, as_list(record.get("Keywords")))
+        problem = record.get("Error")
+        if problem is None and not str(record.get("MIMEType", "")).startswith("image/"):
+            problem = f"not an image (exiftool sees a {record.get('FileType', 'file of unknown type')})"
+        found[path] = EmbeddedMetadata(packet, as_list(record.get("Keywords")), problem)
     return found, errors
 
 
