@@ -79,4 +79,6 @@ def write_dng(path: Path, image: Image.Image) -> None:
     ]
     with tifffile.TiffWriter(path) as tif:
         tif.write(rgb, photometric="rgb", subfiletype=1, subifds=1, extratags=dng_tags)
-        tif.write(rgb.astype(np.uint16) * 257, photometric=34892, subfiletype=0, extratags=[(50717, "H", 1, 65535, True)])
+        tif.write(
+            rgb.astype(np.uint16) * 257, photometric=34892, subfiletype=0, extratags=[(50717, "H", 1, 65535, True)]
+        )

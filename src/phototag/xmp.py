@@ -454,7 +454,8 @@ def _writable_sidecar(target: Path) -> Path:
             raise XmpError(
                 f"{target}: the sidecar is a link to '{real}', which does not exist; fix or remove the link."
             )
-    if real.exists() and not os.access(real, os.W_OK):
+    # The mode bits too: root may write anything, but a sidecar marked read-only is meant to stay as it is.
+    if real.exists() and (not os.access(real, os.W_OK) or not real.stat().st_mode & 0o222):
         raise XmpError(f"{target}: the sidecar is read-only; make it writable (chmod u+w) to let phototag change it.")
     return real
 
