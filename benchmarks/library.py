@@ -36,7 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from library_builder import build_library, corel5k_photos  # noqa: E402
-
 from phototag.cli import main as phototag  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"

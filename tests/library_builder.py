@@ -27,7 +27,9 @@ def corel5k_photos(corel5k: Path, n: int, *, seed: int = 0) -> list[tuple[Path, 
             continue
         ids = [x.strip() for x in (corel5k / f"corel5k_{split}_list.txt").read_text().splitlines() if x.strip()]
         annot = loadmat(corel5k / f"corel5k_{split}_annot.mat")[variable]
-        found += [(corel5k / f"{i}.jpeg", [words[j] for j in np.flatnonzero(row)]) for i, row in zip(ids, annot)]
+        found += [
+            (corel5k / f"{i}.jpeg", [words[j] for j in np.flatnonzero(row)]) for i, row in zip(ids, annot, strict=True)
+        ]
     order = np.random.default_rng(seed).permutation(len(found))[:n]
     return [found[i] for i in order]
 

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from library_builder import build_library, corel5k_photos, write_dng
 from PIL import Image
 
+from library_builder import build_library, corel5k_photos, write_dng
 from phototag.cli import main
 from phototag.data import Dataset
 from phototag.xmp import XmpError, XmpPacket, tag_sidecar
