@@ -113,7 +113,8 @@ class Dataset:
 
     def split_counts(self) -> dict[str, int]:
         counts = Counter(r.split for r in self.records)
-        return {s: counts.get(s, 0) for s in SPLITS}
+        # "unlabeled" only where there are such records, so other datasets' counts read as before
+        return {s: counts.get(s, 0) for s in SPLITS if s != "unlabeled" or counts.get(s)}
 
     def train_val(self, *, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[ImageRecord], list[ImageRecord]]:
         """Training and validation records: split ``val`` if present, else a seeded carve of ``train``.
