@@ -221,6 +221,7 @@ def test_killed_run_leaves_no_partial_file_and_rerun_finishes(library, trained, 
     code, err = run_tag(folder, trained[1], tmp_path / "catalog.sqlite", "--write", "xmp", "--untagged-only")
     assert f"written {len(untagged) - n_done}, unchanged {n_done}" in err, err
     assert all((folder / f"{n}.xmp").is_file() for n in untagged)
+    assert not [p.name for p in folder.glob(".*") if p.name != ".hidden.jpg"]  # no temporary file left either
 
 
 def test_embedded_keywords_carry_iptc_and_stay_unchanged_on_rerun(library, trained, tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 KEYWORD_SOURCES = ("sidecar", "xmp", "iptc")
 #: Files exiftool reads per command (bounded output, and one bad file costs little).
 EXIFTOOL_BATCH = 200
+#: A sidecar's temporary file (``.photo.jpg.xmp.k3j9_x2a``, see ``xmp._atomic_write_bytes``) left by a killed run.
+_TEMPORARY_SIDECAR = re.compile(r"^\..+\.xmp\.[a-z0-9_]{8}$", re.IGNORECASE)
+LEFTOVER = "unfinished sidecar of an interrupted run"
 
 
 @dataclass
@@ -94,7 +98,9 @@ def scan_library(paths: Iterable[str | os.PathLike]) -> LibraryScan:
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "@eaDir")
             for name in sorted(files):
                 path = folder_path / name
-                if name.startswith("."):
+                if _TEMPORARY_SIDECAR.match(name):
+                    scan.skipped[LEFTOVER].append(str(path))
+                elif name.startswith("."):
                     scan.skipped["hidden file"].append(str(path))
                 elif path.suffix.lower() == ".xmp":
                     xmp_files[folder_path][name.lower()] = path
@@ -388,6 +394,9 @@ def tag_library(
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1. Got {checkpoint_every} instead.")
     summary = TagRunSummary(scan=scan_library(paths))
+    if not dry_run:  # the real sidecar was never replaced by these, so they hold nothing of value
+        for leftover in summary.scan.skipped.pop(LEFTOVER, []):
+            Path(leftover).unlink(missing_ok=True)
     photos = list(summary.scan.photos)
     if untagged_only:
         keywords, unreadable = read_library_keywords(summary.scan)
