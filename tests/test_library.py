@@ -26,6 +26,7 @@ from phototag.xmp import XmpError, XmpPacket, tag_sidecar
 
 PLACES = ("sidecar", "sidecar_stem", "iptc", "xmp", "none")
 N_PHOTOS = 20
+N_COPIES = 16
 
 
 def exiftool_read(*paths: Path, tags: tuple[str, ...] = ("-XMP-dc:Subject",)) -> dict[str, dict]:
@@ -196,11 +197,10 @@ def test_incremental_tagging_untagged_only(library, trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_leaves_no_partial_file_and_rerun_finishes(library, trained, tmp_path):
+def test_killed_run_leaves_no_partial_file_and_rerun_finishes(library, trained, tmp_path, monkeypatch):
     folder, truth, places = library
     bare = sorted(n for n, p in places.items() if p == "none")
-    for i in range(30):  # more untagged photos, so the run takes long enough to be killed half-way
-        shutil.copyfile(folder / bare[0], folder / f"copy{i:02d}.jpg")
+    for i in range(N_COPIES):  # more untagged photos, so the run takes long enough to be killed half-way
         Image.open(folder / bare[0]).rotate(i * 7).save(folder / f"copy{i:02d}.jpg")
     command = [sys.executable, "-m", "phototag.cli", "-q", "tag", str(folder), "--model", str(trained[1])]
     command += ["--catalog", str(tmp_path / "catalog.sqlite"), "--write", "xmp", "--untagged-only"]
@@ -215,9 +215,10 @@ def test_killed_run_leaves_no_partial_file_and_rerun_finishes(library, trained, 
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
     for sidecar in folder.glob("*.xmp"):  # every sidecar there is complete
         XmpPacket.parse(sidecar.read_bytes(), source=str(sidecar))
-    untagged = bare + [f"copy{i:02d}.jpg" for i in range(30)]
+    untagged = bare + [f"copy{i:02d}.jpg" for i in range(N_COPIES)]
     n_done = sum((folder / f"{n}.xmp").is_file() for n in untagged)
     assert 3 <= n_done < len(untagged)
+    monkeypatch.setenv("PHOTOTAG_CACHE", str(tmp_path / "cache"))  # the features the killed run extracted
     code, err = run_tag(folder, trained[1], tmp_path / "catalog.sqlite", "--write", "xmp", "--untagged-only")
     assert f"written {len(untagged) - n_done}, unchanged {n_done}" in err, err
     assert all((folder / f"{n}.xmp").is_file() for n in untagged)
