@@ -8,12 +8,15 @@ half-grey picture, and decompression bombs are refused before they are decoded.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 #: HEIF-family photos (phones since 2017): HEIC/HEIF via pillow-heif, AVIF via Pillow's own plugin.
 HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif"})
@@ -46,8 +49,8 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files and folders into a list of image files.
 
     A folder is searched recursively for files whose name ends in one of :data:`IMAGE_EXTENSIONS` (sorted, so the
-    order is reproducible). A file named explicitly is kept whatever its extension: if it is not an image, reading
-    it later reports that by path.
+    order is reproducible); the other files found there (XMP sidecars aside) are named in a logged warning. A file
+    named explicitly is kept whatever its extension: if it is not an image, reading it later reports that by path.
 
     Args:
         paths: Files and/or folders.
@@ -60,10 +63,13 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """
     found: list[Path] = []
     seen: set[Path] = set()
+    skipped: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            children = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            children = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+            skipped += [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS and p.suffix.lower() != ".xmp"]
         elif path.exists():
             children = [path]
         else:
@@ -73,6 +79,9 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
             if key not in seen:
                 seen.add(key)
                 found.append(child)
+    if skipped:  # never silently: say what was left out (XMP sidecars are the photos' companions, not skipped)
+        shown = ", ".join(str(p) for p in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        log.warning("%d file(s) in the folders are not photos phototag reads and were skipped: %s", len(skipped), shown)
     return found
 
 
