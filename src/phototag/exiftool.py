@@ -4,8 +4,8 @@ Starting exiftool (Perl) costs ~0.2 s, so reading or writing the metadata of tho
 photo would take minutes; a :class:`ExifTool` keeps one process and sends it one command per batch of files.
 
 File names are always passed as absolute paths, so a photo named ``-beach.jpg`` can never be read as an option
-(in batch mode ``--`` cannot be used: it would also turn the ``-execute`` that ends each command into a file name;
-one-shot commands still get ``--``).
+(in batch mode ``--`` cannot be used: it would also turn the ``-execute`` that ends each command into a file
+name).
 """
 
 from __future__ import annotations
@@ -167,17 +167,6 @@ def _read_until(stream, marker: bytes) -> bytes:
             return bytes(data[:end])
 
 
-def run_once(args: Sequence[str], files: Sequence[str | os.PathLike]) -> bytes:
-    """One-shot ``exiftool ARGS -- FILES`` (for a single command where a batch process is not worth it)."""
-    result = subprocess.run(
-        [exiftool_path(), *args, "--", *map(os.fspath, files)], capture_output=True, timeout=120, check=False
-    )
-    if result.returncode != 0:
-        message = (result.stderr or result.stdout).decode("utf-8", "replace").strip().splitlines()
-        raise ExifToolError(f"{', '.join(map(str, files))}: exiftool failed ({message[-1] if message else ''}).")
-    return result.stdout
-
-
 def as_list(value) -> list[str]:
     """An exiftool JSON value as a list of strings (one keyword comes as a string, ``2019`` as a number)."""
     if value is None:
@@ -188,4 +177,4 @@ def as_list(value) -> list[str]:
     return [text] if text else []
 
 
-__all__ = ["ExifTool", "ExifToolError", "as_list", "exiftool_path", "run_once", "safe_file_arg"]
+__all__ = ["ExifTool", "ExifToolError", "as_list", "exiftool_path", "safe_file_arg"]

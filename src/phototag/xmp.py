@@ -10,15 +10,20 @@ them, phototag records in its own XMP namespace which keywords *it* added and wi
       <phototag:Date>2026-11-23T09:30:00+00:00</phototag:Date>
     </rdf:Description>
 
+Beside ``dc:subject`` the keywords go into ``lr:hierarchicalSubject`` (``auto|beach``) and ``digiKam:TagsList``
+(``auto/beach``), under an optional parent, recorded in ``phototag:AddedHierarchicalSubject`` / ``AddedTagsList``.
 So re-tagging (e.g. with a newer model) replaces only phototag's keywords, and ``phototag untag`` removes only
 them: the user's own keywords are never touched, and a keyword the user already had is never claimed by phototag.
 Everything else in the packet (other properties, other namespaces, ``rdf:about``) is kept; the XML is re-serialised,
 so whitespace and the place of namespace declarations may change, not the metadata.
 
 Sidecars (``photo.jpg.xmp`` as digiKam / darktable write them, or ``photo.xmp`` as Lightroom does) are edited with
-the standard library alone. Keywords *embedded* in the image file are written through exiftool (Debian package
+the standard library alone, atomically; a read-only sidecar is refused, a symlinked one is written through its link.
+Keywords *embedded* in the image file are written through exiftool (Debian package
 ``libimage-exiftool-perl``), which rewrites JPEG / TIFF / PNG / WebP / HEIC / raw containers safely: the XMP packet
-is edited here and written back whole, and IPTC ``Keywords`` (JPEG / TIFF) get the same additions and removals.
+is edited here and written back whole, and IPTC ``Keywords`` (JPEG / TIFF) get the same additions and removals
+(the owner's IPTC-only keywords are copied into ``dc:subject``). One exiftool process serves a whole run
+(:class:`phototag.exiftool.ExifTool`).
 """
 
 from __future__ import annotations
@@ -566,14 +571,6 @@ def _read_one(image: Path, exiftool) -> EmbeddedMetadata:
     if key in errors:
         raise XmpError(f"{image}: exiftool cannot read it ({errors[key]}).")
     return found.get(key, EmbeddedMetadata(None, []))
-
-
-def read_embedded_packet(image: Path) -> str | None:
-    """The image's embedded XMP packet, or ``None`` when it has none."""
-    from .exiftool import ExifTool
-
-    with ExifTool() as exiftool:
-        return _read_one(Path(image), exiftool).packet
 
 
 def _write_embedded(
