@@ -23,12 +23,15 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .data import Dataset, ImageRecord
 from .images import IMAGE_EXTENSIONS
 from .importers import register_importer
 from .xmp import XmpError, XmpPacket, read_embedded
+
+if TYPE_CHECKING:
+    from .exiftool import ExifTool
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +166,7 @@ class PhotoKeywords:
 
 
 def read_library_keywords(
-    scan: LibraryScan, *, exiftool=None, embedded: bool = True
+    scan: LibraryScan, *, exiftool: ExifTool | None = None, embedded: bool = True
 ) -> tuple[dict[Path, PhotoKeywords], list[tuple[str, str]]]:
     """The owner's keywords of every photo of ``scan``.
 

@@ -38,8 +38,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .exiftool import ExifTool
 
 NS_X = "adobe:ns:meta/"
 NS_RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
@@ -537,7 +541,7 @@ class EmbeddedMetadata:
     problem: str | None = None
 
 
-def read_embedded(images: Sequence[Path], exiftool) -> tuple[dict[str, EmbeddedMetadata], dict[str, str]]:
+def read_embedded(images: Sequence[Path], exiftool: ExifTool) -> tuple[dict[str, EmbeddedMetadata], dict[str, str]]:
     """The embedded XMP packets and IPTC keywords of ``images``, through a running :class:`~.exiftool.ExifTool`.
 
     Returns:
@@ -563,7 +567,7 @@ def read_embedded(images: Sequence[Path], exiftool) -> tuple[dict[str, EmbeddedM
     return found, errors
 
 
-def _read_one(image: Path, exiftool) -> EmbeddedMetadata:
+def _read_one(image: Path, exiftool: ExifTool) -> EmbeddedMetadata:
     from .exiftool import safe_file_arg
 
     found, errors = read_embedded([image], exiftool)
@@ -574,7 +578,7 @@ def _read_one(image: Path, exiftool) -> EmbeddedMetadata:
 
 
 def _write_embedded(
-    image: Path, packet: XmpPacket | None, iptc_add: Sequence[str], iptc_remove: Sequence[str], exiftool
+    image: Path, packet: XmpPacket | None, iptc_add: Sequence[str], iptc_remove: Sequence[str], exiftool: ExifTool
 ) -> None:
     """Write ``packet`` as the image's whole XMP block (``None`` deletes it) and edit IPTC Keywords."""
     with tempfile.TemporaryDirectory(prefix="phototag-xmp-") as tmp:
@@ -611,7 +615,7 @@ def tag_embedded(
     model: str,
     dry_run: bool = False,
     parent: str | None = None,
-    exiftool=None,
+    exiftool: ExifTool | None = None,
 ) -> KeywordChange:
     """Put ``tags`` as phototag's keywords into the image's own XMP (and IPTC for JPEG / TIFF) via exiftool.
 
@@ -636,7 +640,9 @@ def tag_embedded(
     return change
 
 
-def untag_embedded(image: str | os.PathLike, *, dry_run: bool = False, exiftool=None) -> KeywordChange | None:
+def untag_embedded(
+    image: str | os.PathLike, *, dry_run: bool = False, exiftool: ExifTool | None = None
+) -> KeywordChange | None:
     """Remove phototag's keywords from the image's own XMP / IPTC; ``None`` when phototag never tagged it."""
     if exiftool is None:
         return _with_exiftool(untag_embedded, image, None, dry_run=dry_run)
