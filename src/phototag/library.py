@@ -412,10 +412,13 @@ def tag_library(
     with TagCatalog.open(catalog) as book:
         todo: list[Path] = []
         for photo in photos:
-            if force or book.needs_work(photo, mode, fingerprint):
-                todo.append(photo)
-            else:
-                summary.unchanged.append(str(photo))
+            try:
+                if force or book.needs_work(photo, mode, fingerprint):
+                    todo.append(photo)
+                else:
+                    summary.unchanged.append(str(photo))
+            except OSError as err:  # gone or unreadable since the scan
+                summary.failed.append((str(photo), f"cannot read the file ({err.strerror or err})"))
 
         def record(change) -> None:
             (summary.written if change.written else summary.unchanged).append(str(change.image))
