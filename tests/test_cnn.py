@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 import torch
@@ -120,7 +118,7 @@ def test_cnn_resumes_from_a_saved_model(cnn_model, synthetic_dataset):
     np.testing.assert_allclose(resumed.method.score(inputs), model.method.score(inputs), atol=1e-6)
 
 
-def test_cnn_reports_unreadable_images(cnn_model, synthetic_dataset, tmp_path, caplog):
+def test_cnn_reports_unreadable_images(cnn_model, synthetic_dataset, tmp_path):
     from phototag.data import Dataset
 
     model, _ = cnn_model
@@ -128,8 +126,10 @@ def test_cnn_reports_unreadable_images(cnn_model, synthetic_dataset, tmp_path, c
     good = str(ds.image_path(ds.split("test")[0]))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    with caplog.at_level(logging.WARNING):
-        scores = model.method.score({"images": [good, str(broken)]})
-    assert scores[0].max() > 0 and (scores[1] == 0).all()
-    assert "broken.jpg" in caplog.text
-    assert model.method.last_failures_[0][0] == str(broken)
+    # Through the model, the input layer decodes each photo once: the broken one is reported and gets no tags.
+    predictions, failures = model.predict([good, str(broken)], top_k=3)
+    assert [p["image"] for p in predictions] == [good]
+    assert [path for path, _ in failures] == [str(broken)]
+    # Called directly on a path it cannot read, the method refuses rather than score it.
+    with pytest.raises(ValueError, match="broken.jpg"):
+        model.method.score({"images": [good, str(broken)]})

@@ -59,16 +59,27 @@ def ensemble_model(synthetic_dataset, feature_cache, tmp_path_factory):
         "members": ["mlp@efficientnet_lite0", "knn@efficientnet_lite0"],
         "member_config": {"mlp": {"max_epochs": 60, "patience": 10}, "knn": {"k": 5}},
         "stack_folds": 3,
-        "feature_cache": str(feature_cache),
     }
-    return train(synthetic_dataset, method="ensemble", config=config, out=out, progress=False), out
+    model = train(synthetic_dataset, method="ensemble", config=config, out=out, progress=False, cache_dir=feature_cache)
+    return model, out
 
 
-def test_ensemble_learns_and_offers_every_combiner(ensemble_model, synthetic_dataset):
+def photo_inputs(model, paths, cache):
+    """The inputs the model's method declares, built by the input layer from photo files."""
+    from phototag.inputs import build_inputs
+    from phototag.runtime import RunOptions
+
+    batch = build_inputs(model.method, paths, options=RunOptions(cache_dir=cache))
+    assert batch.ok.all()
+    return batch.inputs
+
+
+def test_ensemble_learns_and_offers_every_combiner(ensemble_model, synthetic_dataset, feature_cache):
     model, out = ensemble_model
     ds = Dataset.load(synthetic_dataset)
     test = ds.split("test")
-    inputs = {"images": [str(ds.image_path(r)) for r in test]}
+    inputs = photo_inputs(model, [str(ds.image_path(r)) for r in test], feature_cache)
+    assert set(inputs) == {"backbone_features"} and set(inputs["backbone_features"]) == {"efficientnet_lite0"}
     truth = model.vocab.transform([r.tags for r in test])
     every = model.method.score_all(inputs)
     assert set(every) == set(COMBINERS)
@@ -97,23 +108,23 @@ def test_stacker_learns_from_out_of_fold_scores_only(ensemble_model, synthetic_d
         np.testing.assert_allclose(model.method.oof_scores_[1, held], knn.score({"features": features[held]}))
 
 
-def test_members_features_follow_the_predict_cache_and_the_service_keeps_none(
-    ensemble_model, synthetic_dataset, tmp_path
-):
+def test_features_follow_the_predict_cache_and_the_service_keeps_none(ensemble_model, synthetic_dataset, tmp_path):
     from PIL import Image
 
     from phototag.service import DecodedImage, make_scorer
 
-    model = TagModel.load(ensemble_model[1])  # a copy of its own: the service switches its caching off
+    model = TagModel.load(ensemble_model[1])
     ds = Dataset.load(synthetic_dataset)
     paths = [ds.image_path(r) for r in ds.split("test")[:3]]
     scored = model.score_images(paths, cache_dir=tmp_path / "cache")
-    assert len(list((tmp_path / "cache").glob("*/shard-*.npz"))) == 1  # predict's --cache-dir is honoured
-    items = [DecodedImage(p.name, p.read_bytes(), Image.open(p).convert("RGB")) for p in paths]
-    np.testing.assert_allclose(make_scorer(model)(items), scored.scores, rtol=1e-5, atol=1e-6)
-    stores = model.method._stores.values()
-    assert stores and all(store.dir is None and not store._memory for store in stores)
-    assert len(list((tmp_path / "cache").glob("*/shard-*.npz"))) == 1
+    database = tmp_path / "cache" / "features" / "efficientnet_lite0-82bae17bfc32" / "features.sqlite"
+    assert database.is_file()  # predict's --cache-dir is honoured
+    size = database.stat().st_size
+    items = [DecodedImage(p.name, p.read_bytes(), Image.open(p).convert("RGB")) for p in paths[::-1]]
+    np.testing.assert_allclose(make_scorer(model)(items), scored.scores[::-1], rtol=1e-5, atol=1e-6)
+    stores = [s for key, group in model._stores.items() if not key[-1] for s in group.values()]
+    assert stores and all(store.dir is None and store.cache.memory is None for store in stores)  # keeps nothing
+    assert database.stat().st_size == size
 
 
 def test_cli_predict_with_a_combiner(ensemble_model, synthetic_dataset, capsys):
@@ -181,16 +192,17 @@ def test_ensemble_balance_offsets_are_fitted_out_of_fold_and_saved(synthetic_dat
         "balance": 1.0,
         "balance_k": 2,
         "combiner": "average",
-        "feature_cache": str(feature_cache),
     }
-    model = train(synthetic_dataset, method="ensemble", config=config, out=tmp_path / "m", progress=False)
+    model = train(
+        synthetic_dataset, method="ensemble", config=config, out=tmp_path / "m", progress=False, cache_dir=feature_cache
+    )
     method = model.method
     assert set(method.offsets_) == set(COMBINERS) - {"stacker"}
     train_records, _ = Dataset.load(synthetic_dataset).train_val(val_fraction=0.1, seed=0)
     y = model.vocab.transform([r.tags for r in train_records])
     np.testing.assert_allclose(method.offsets_["average"], tag_balance_offsets(y, method.oof_scores_[0], k=2))
     ds = Dataset.load(synthetic_dataset)
-    inputs = {"images": [str(ds.image_path(r)) for r in ds.split("test")]}
+    inputs = photo_inputs(model, [str(ds.image_path(r)) for r in ds.split("test")], feature_cache)
     raw = method.member_scores(inputs)[0]
     reloaded = TagModel.load(tmp_path / "m")
     # The offsets only rank: scores stay the combiner's own, the top-k order follows logit(score) + offset.

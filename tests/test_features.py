@@ -63,7 +63,7 @@ def test_interrupted_extraction_resumes(backbone, photos, tmp_path):
     store._embed = embed_then_crash
     with pytest.raises(KeyboardInterrupt):
         store.extract(photos, progress=False)
-    assert len(list((tmp_path / backbone.spec.cache_key()).glob("shard-*.npz"))) == 1  # first batch was kept
+    assert len(_store(backbone, tmp_path).cache) == 4  # the first batch was kept
     resumed = _store(backbone, tmp_path)
     done = []
     real = resumed._embed
@@ -72,7 +72,35 @@ def test_interrupted_extraction_resumes(backbone, photos, tmp_path):
     assert sum(done) == 2  # only the images not cached before the interruption
 
 
-def test_memory_only_store_writes_nothing(backbone, photos, tmp_path, monkeypatch):
+def test_memory_only_store_writes_no_features(backbone, photos, tmp_path, monkeypatch):
     monkeypatch.setenv("PHOTOTAG_CACHE", str(tmp_path / "cache"))
     _store(backbone, False).extract(photos[:2], progress=False)
-    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "cache" / "features").exists()
+
+
+def test_features_of_older_versions_are_imported_once(backbone, photos, tmp_path):
+    """phototag 0.1 kept features in npz shards: they are read into the database and left for old versions."""
+    first = _store(backbone, False).extract(photos[:3], progress=False)
+    folder = tmp_path / "features" / backbone.spec.cache_key()
+    folder.mkdir(parents=True)
+    from phototag.features import content_hash
+
+    hashes = np.array([content_hash(Path(p).read_bytes()) for p in photos[:3]])
+    np.savez(folder / "shard-1-3.npz", hashes=hashes, features=first.features)
+    store = _store(backbone, tmp_path)
+    store._embed = lambda batch: pytest.fail("features in an old shard were recomputed")
+    np.testing.assert_array_equal(store.extract(photos[:3], progress=False).features, first.features)
+    assert (folder / "shard-1-3.npz").exists() and len(store.cache) == 3
+
+
+def test_several_backbones_decode_each_photo_once(photos, tmp_path, monkeypatch):
+    from phototag import features as features_module
+    from phototag.features import FeatureStore, extract_features
+
+    calls = []
+    real = features_module.decode_image
+    monkeypatch.setattr(features_module, "decode_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    stores = [FeatureStore(f"efficientnet_lite{i}", tmp_path) for i in (0, 1)]
+    result = extract_features(photos[:3], stores)
+    assert len(calls) == 3 and result.ok.all()
+    assert {k: v.shape for k, v in result.features.items()} == {s.key: (3, 1280) for s in stores}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,7 +46,6 @@ FAST = {
         "members": ["mlp@efficientnet_lite0", "knn@efficientnet_lite0"],
         "member_config": {"mlp": {"max_epochs": 60, "patience": 10}, "knn": {"k": 10}},
         "stack_folds": 2,
-        "feature_cache": False,
     },
 }
 
@@ -71,6 +71,8 @@ def make_inputs(
     inputs: dict = {}
     if "features" in method.data_keys:
         inputs["features"] = features
+    if "backbone_features" in method.data_keys:
+        inputs["backbone_features"] = {name: features for name in method.feature_backbones()}
     if "images" in method.data_keys:
         inputs["images"] = images
     if "user_tags" in method.data_keys:
@@ -195,3 +197,52 @@ def test_mlp_keeps_best_validation_epoch(task):
     )
     best = max(h["val_map"] for h in mlp.history_)
     assert mean_average_precision(y_test, mlp.score({"features": x_test})) == pytest.approx(best)
+
+
+#: Methods that read photos (pixels or backbone features); the others never open an image file.
+IMAGE_METHODS = [
+    n for n in list_methods() if {"features", "backbone_features", "images"} & set(get_method_class(n).data_keys)
+]
+if "ensemble" not in IMAGE_METHODS:
+    IMAGE_METHODS.append("ensemble")  # its inputs depend on its members (an instance attribute)
+
+
+@pytest.fixture(scope="module")
+def real_task_features(task_images, feature_cache):
+    """lite0 features of the task's photos, as the input layer computes them at predict time."""
+    from phototag.features import FeatureStore
+
+    store = FeatureStore("efficientnet_lite0", feature_cache)
+    train, test = (store.extract(paths, progress=False) for paths in task_images)
+    assert train.ok.all() and test.ok.all()
+    return train.features, test.features
+
+
+@pytest.mark.parametrize("name", IMAGE_METHODS)
+def test_unreadable_photos_get_no_tags(name, task, task_images, real_task_features, tmp_path):
+    """Every method that reads photos, behind a model: an unreadable photo is reported and gets no scores."""
+    from phototag.backbones import resolve_spec
+
+    _, y_train, _, y_test = task
+    method = create_method(name, FAST.get(name))
+    train_inputs = make_inputs(method, real_task_features[0], y_train, task_images[0])
+    names = [f"t{j}" for j in range(y_train.shape[1])]
+    method.fit(train_inputs, y_train, progress=False, tag_names=names)
+    vocab = TagVocabulary().fit([names])
+    model = TagModel(method, vocab, backbone_spec=resolve_spec("efficientnet_lite0"))
+    good = task_images[1][:2]
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(Path(good[0]).read_bytes()[:100])
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    svg = tmp_path / "drawing.jpg"
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    missing = tmp_path / "missing.jpg"
+    paths = [good[0], str(truncated), str(empty), good[1], str(svg), str(missing)]
+    user_tags = [["t0"]] * len(paths) if "user_tags" in method.data_keys else None
+    predictions, failures = model.predict(paths, top_k=2, user_tags=user_tags)
+    assert [p["image"] for p in predictions] == good
+    assert [path for path, _ in failures] == [str(truncated), str(empty), str(svg), str(missing)]
+    assert all(reason for _, reason in failures)
+    scored = model.score_images(paths, user_tags=user_tags)
+    assert scored.ok.tolist() == [True, False, False, True, False, False] and scored.scores.shape == (2, 4)

@@ -107,5 +107,12 @@ def test_save_refuses_foreign_folder_and_replaces_a_model(saved_model, tmp_path)
 def test_default_model_loads():
     model = load_model()
     assert len(model.tags) >= 200
-    # Heads only: image features come from backbones with offline weights (one spec, or the ensemble's members).
-    assert model.backbone_spec is not None or "images" in model.data_keys
+    # Heads on backbone features; the backbones ship inside the model as ONNX graphs, so no export is needed.
+    from phototag.inputs import feature_specs
+    from phototag.runtime import onnx_file_name
+
+    specs = feature_specs(model.method, model.backbone_spec)
+    assert [s.name for s in specs.values()] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    shipped = {p.name for p in (model.path / "backbones").glob("*.onnx")}
+    assert shipped == {onnx_file_name(s) for s in specs.values()}
+    assert (model.path / "backbones" / "NOTICE").is_file()

@@ -31,23 +31,47 @@ class CLIError(Exception):
 
 
 def example_images() -> list[Path]:
-    """Sample photos bundled with installed packages (scikit-image, scikit-learn), so tagging works without data."""
-    found: list[Path] = []
-    try:
-        import skimage.data
+    """Sample photos bundled with installed packages (see :func:`phototag.samples.example_images`)."""
+    from .samples import example_images as samples
 
-        root = Path(skimage.data.__file__).parent
-        found += [root / n for n in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")]
-    except ImportError:
-        pass
-    try:
-        import sklearn.datasets
+    return samples()
 
-        root = Path(sklearn.datasets.__file__).parent / "images"
-        found += [root / n for n in ("china.jpg", "flower.jpg")]
-    except ImportError:
-        pass
-    return [p for p in found if p.is_file()]
+
+def run_options(args: argparse.Namespace):
+    """The :class:`~phototag.runtime.RunOptions` of a command's ``--device`` / ``--workers`` / ``--batch-size`` /
+    ``--precision`` / ``--cache-dir`` flags (unset flags keep the defaults)."""
+    from .runtime import RunOptions
+
+    return RunOptions(progress=not getattr(args, "quiet", False)).replace(
+        device=getattr(args, "device", None),
+        workers=getattr(args, "workers", None),
+        batch_size=getattr(args, "batch_size", None),
+        precision=getattr(args, "precision", None),
+        cache_dir=getattr(args, "cache_dir", None),
+    )
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, cache: bool = True) -> None:
+    """``--device``, ``--workers``, ``--batch-size``, ``--precision`` (and ``--cache-dir``): how to run, never saved."""
+    group = parser.add_argument_group("how to run (never saved with a model)")
+    group.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default=None, help="where backbones run (default auto)"
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="threads decoding photos while the network runs (default: one per core)",
+    )
+    group.add_argument("--batch-size", type=int, default=None, help="photos per network call (default 32)")
+    group.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default=None,
+        help="backbone precision: fp32 (default) or int8 (quantised, faster on some CPUs; see docs/benchmarks.md)",
+    )
+    if cache:
+        group.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/phototag)")
 
 
 # --- output -----------------------------------------------------------------------------------------------------
@@ -147,6 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
         calibrate_thresholds=args.calibrate_thresholds,
+        options=run_options(args),
     )
     val = model.info.get("validation")
     print(
@@ -191,7 +216,7 @@ def _predict_and_print(model, args: argparse.Namespace) -> int:
         threshold=args.threshold,
         balanced=args.balanced,
         user_tags=user_tags,
-        progress=not args.quiet,
+        options=run_options(args),
     )
     write_output(format_predictions(predictions, args.format), args.output)
     if failures:
@@ -210,7 +235,7 @@ def _predict_batch_and_print(model, args: argparse.Namespace) -> int:
     reads_images = any(key in model.data_keys for key in ("features", "images"))
     batch = read_batch_input(args.input, need_files=reads_images, need_user_tags="user_tags" in model.data_keys)
     # A model that reads no image only uses the names to label its output.
-    scored = model.score_images(batch.paths or batch.names, user_tags=batch.user_tags, progress=not args.quiet)
+    scored = model.score_images(batch.paths or batch.names, user_tags=batch.user_tags, options=run_options(args))
     failed = {path for path, _ in scored.failures}
     names = [name for name, path in zip(batch.names, batch.paths or batch.names, strict=True) if path not in failed]
     predictions = model.format_predictions(
@@ -270,6 +295,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         progress=not args.quiet,
         balanced=args.balanced,
+        options=run_options(args),
     )
     width = max(len(k) for k in result)
     for key, value in result.items():
@@ -359,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML file of method settings")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting (repeatable)")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/phototag)")
+    add_run_options(p)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -372,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", metavar="PATH")
     _add_decision_options(p)
     p.add_argument("--combiner", default=None, help="ensemble models: average, vote, union, intersection or stacker")
+    add_run_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("tag", help="tag images with the default model shipped with phototag")
@@ -384,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .commands.library import add_library_options
 
     add_library_options(p, required=False)
+    add_run_options(p)
     p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("evaluate", help="all metrics of a model on a dataset split")
@@ -392,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--k", type=int, default=5, help="tags per image for the per-tag protocol (Corel5k: 5)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
-    p.add_argument("--cache-dir", default=None)
+    add_run_options(p)
     p.add_argument("--combiner", default=None, help="ensemble models: average, vote, union, intersection or stacker")
     _add_balanced_option(p)
     p.set_defaults(func=cmd_evaluate)
@@ -400,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the registered tagging methods")
     p.set_defaults(func=cmd_methods)
     _register_command_modules(sub)
+    # Global options work after the command too (`phototag tag x.jpg -q`); SUPPRESS keeps a value given before it.
+    for command in sub.choices.values():
+        command.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 

@@ -1,15 +1,16 @@
-"""Pooled backbone features, extracted once and cached on disk.
+"""Pooled backbone features: the one input layer from photos to what methods read, and the feature cache.
 
-The cache is keyed by the backbone spec (model, weights, preprocessing) and by each image's *content* (SHA-1 of the
-file bytes), so renaming or copying photos costs nothing and every method trained on the same images and backbone
-shares one extraction. Features are written in shards as extraction goes, each shard atomically (temp file + rename),
-so an interrupted run resumes where it stopped. Unreadable images are reported by path and reason, never dropped
-silently.
+Every photo phototag scores goes through :func:`extract_features`: each file is read and hashed once and decoded
+once (EXIF orientation, RGB, pixel guard, JPEG draft to the smallest size that still covers the largest backbone's
+input); every backbone's preprocessing starts from that one decoded picture. Decoding runs in a pool of threads
+that feeds batches to the backbones (ONNX Runtime, :mod:`phototag.runtime`) through a bounded window, so decoding
+and inference overlap and memory stays flat however many photos there are.
 
-Layout::
-
-    CACHE_DIR/<spec.cache_key()>/spec.json
-    CACHE_DIR/<spec.cache_key()>/shard-<timestamp>-<n>.npz   # arrays "hashes" (n,) str, "features" (n, d) float32
+Features are cached per backbone, keyed by the backbone spec and by each photo's *content* (SHA-1 of the bytes), so
+renamed or copied photos cost nothing and every method on the same backbone shares one extraction. The cache is one
+SQLite file per backbone (``CACHE_DIR/features/<spec key>/features.sqlite``): looked up row by row, never loaded
+whole into memory, written batch by batch in transactions, so an interrupted run keeps what it computed and the
+rerun resumes. Unreadable photos are reported by path and reason, never dropped silently, and get no features.
 """
 
 from __future__ import annotations
@@ -18,29 +19,33 @@ import hashlib
 import json
 import logging
 import os
-import time
-from collections.abc import Sequence
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
-from .backbones import Backbone
+from .backbones import BackboneSpec, resolve_spec
 from .fileio import atomic_write_text
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
+from .runtime import RunOptions, cache_root, default_cache_dir, load_backbone
 
 log = logging.getLogger(__name__)
 
-
-def default_cache_dir() -> Path:
-    """``$PHOTOTAG_CACHE`` if set, else ``~/.cache/phototag``."""
-    return Path(os.environ.get("PHOTOTAG_CACHE", Path.home() / ".cache" / "phototag"))
-
-
-def best_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+__all__ = [
+    "FeatureResult",
+    "FeatureStore",
+    "ImageItem",
+    "Extraction",
+    "content_hash",
+    "default_cache_dir",
+    "extract_features",
+]
 
 
 @dataclass
@@ -58,200 +63,407 @@ class FeatureResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass
+class ImageItem:
+    """One photo to read: a file ``path``, or uploaded ``data`` bytes; ``name`` is what reports call it."""
+
+    name: str
+    path: str | None = None
+    data: bytes | None = None
+
+    @classmethod
+    def of(cls, value: str | os.PathLike | ImageItem) -> ImageItem:
+        if isinstance(value, ImageItem):
+            return value
+        return cls(name=str(value), path=str(value))
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+# --- the cache ----------------------------------------------------------------------------------------------------
+class _FeatureCache:
+    """Features of one backbone by content hash: SQLite on disk, a dict in memory, or nothing."""
+
+    def __init__(self, directory: Path | None, spec: BackboneSpec, *, memory: bool):
+        self.dir = directory
+        self.spec = spec
+        self.memory: dict[str, np.ndarray] | None = {} if (memory and directory is None) else None
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._setup_lock = threading.Lock()
+        self._ready = False
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self.dir is None:
+            return None
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.dir / "features.sqlite", timeout=60, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS features (digest TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+            conn.commit()
+            self._local.conn = conn
+        if not self._ready:
+            with self._setup_lock:  # every thread waits until the one-time setup is done
+                if not self._ready:
+                    spec_file = self.dir / "spec.json"
+                    if not spec_file.exists():
+                        atomic_write_text(spec_file, json.dumps(self.spec.to_dict(), indent=2))
+                    self._import_legacy_shards(conn)
+                    self._ready = True
+        return conn
+
+    def _import_legacy_shards(self, conn: sqlite3.Connection) -> None:
+        """Fold the ``shard-*.npz`` files of phototag 0.1 into the database, each once (the files are left in place
+        for older versions sharing the cache)."""
+        assert self.dir is not None
+        conn.execute("CREATE TABLE IF NOT EXISTS imported_shards (name TEXT PRIMARY KEY)")
+        done = {row[0] for row in conn.execute("SELECT name FROM imported_shards")}
+        for shard in sorted(self.dir.glob("shard-*.npz")):
+            if shard.name in done:
+                continue
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    hashes, features = data["hashes"], data["features"]
+                rows = [(str(h), np.asarray(v, np.float32).tobytes()) for h, v in zip(hashes, features, strict=True)]
+            except Exception as err:  # a damaged shard only costs re-extraction
+                log.warning("Ignoring unreadable feature-cache shard %s (%s).", shard, err)
+                continue
+            with self._write_lock:
+                conn.executemany("INSERT OR IGNORE INTO features VALUES (?, ?)", rows)
+                conn.execute("INSERT OR IGNORE INTO imported_shards VALUES (?)", (shard.name,))
+                conn.commit()
+
+    def get(self, digest: str) -> np.ndarray | None:
+        if self.memory is not None:
+            return self.memory.get(digest)
+        conn = self._connect()
+        if conn is None:
+            return None
+        row = conn.execute("SELECT vector FROM features WHERE digest = ?", (digest,)).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype=np.float32)
+
+    def put(self, rows: dict[str, np.ndarray]) -> None:
+        if not rows:
+            return
+        if self.memory is not None:
+            self.memory.update(rows)
+            return
+        conn = self._connect()
+        if conn is None:
+            return
+        with self._write_lock:
+            conn.executemany(
+                "INSERT OR REPLACE INTO features VALUES (?, ?)",
+                [(d, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for d, v in rows.items()],
+            )
+            conn.commit()
+
+    def __len__(self) -> int:
+        if self.memory is not None:
+            return len(self.memory)
+        conn = self._connect()
+        return 0 if conn is None else int(conn.execute("SELECT COUNT(*) FROM features").fetchone()[0])
+
+
 class FeatureStore:
-    """Extracts and caches pooled features of one backbone.
+    """Pooled features of one backbone: extracted with ONNX Runtime and cached by photo content.
 
     Args:
-        backbone: The feature extractor (its resolved spec keys the cache).
-        cache_dir: Root folder of the cache; ``None`` = :func:`default_cache_dir` / "features". ``False`` = keep
-            features in memory only.
-        memory: Keep extracted features in memory for later calls. ``False`` with ``cache_dir=False`` keeps
-            nothing between calls (a long-running service scoring uploads, whose memory must not grow).
-        device: Where to run the backbone; ``None`` = CUDA if available.
-        batch_size: Images per forward pass.
+        backbone: The backbone: a :class:`~phototag.backbones.BackboneSpec`, a timm name, or a built torch
+            :class:`~phototag.torch_backbones.Backbone` (its spec is used; it is exported to ONNX if needed).
+        cache_dir: Root folder of the cache; ``None`` = :func:`default_cache_dir`. ``False`` = keep features in
+            memory only.
+        memory: With ``cache_dir=False``, keep extracted features in memory for later calls. ``False`` keeps nothing
+            between calls (a long-running service scoring uploads, whose memory must not grow).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (see :class:`~phototag.runtime.RunOptions`).
+        batch_size: Images per network call.
         max_pixels: Decompression-bomb guard passed to :func:`phototag.images.decode_image`.
+        flush_every: Computed features are written to the cache at least every this many photos.
+        options: Run options (device, threads, precision...); the keyword arguments above override them.
+        search: Folders to look in for the backbone's ONNX graph before the cache (a model's ``backbones/``).
 
     Example:
-        >>> store = FeatureStore(create_backbone("efficientnet_lite0"))  # doctest: +SKIP
-        >>> result = store.extract(["a.jpg", "b.jpg"])  # doctest: +SKIP
-        >>> result.features.shape  # doctest: +SKIP
+        >>> store = FeatureStore("efficientnet_lite0")  # doctest: +SKIP
+        >>> store.extract(["a.jpg", "b.jpg"]).features.shape  # doctest: +SKIP
         (2, 1280)
     """
 
     def __init__(
         self,
-        backbone: Backbone,
+        backbone: Any,
         cache_dir: str | os.PathLike | None | bool = None,
         *,
-        device: str | torch.device | None = None,
-        batch_size: int = 32,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        flush_every: int = 512,
         memory: bool = True,
+        device: str | None = None,
+        batch_size: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        flush_every: int = 256,
+        options: RunOptions | None = None,
+        search: Sequence[str | os.PathLike] = (),
     ):
-        self.backbone = backbone
-        self.memory = memory
-        self.device = torch.device(device) if device is not None else best_device()
-        self.batch_size = batch_size
+        self._torch_backbone = None if isinstance(backbone, BackboneSpec | str) else backbone
+        spec = backbone if isinstance(backbone, BackboneSpec | str) else backbone.spec
+        self.spec = resolve_spec(spec)
+        self.options = (options or RunOptions()).replace(device=device, batch_size=batch_size, cache_dir=cache_dir)
         self.max_pixels = max_pixels
         self.flush_every = flush_every
-        self.key = backbone.spec.cache_key()
+        self.search = list(search)
+        self.key = self.spec.cache_key()
         if cache_dir is False:
             self.dir: Path | None = None
         else:
-            root = Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir() / "features"
-            self.dir = root / self.key
+            self.dir = cache_root(cache_dir) / "features" / self.key
         if not memory and self.dir is not None:
             raise ValueError(
                 f"FeatureStore(memory=False) keeps nothing, so it needs cache_dir=False. Got {cache_dir!r}."
             )
-        self._memory: dict[str, np.ndarray] = {}
-        self._loaded = False
-        self._transform = backbone.transform()
-        self._on_device = False
+        self.cache = _FeatureCache(self.dir, self.spec, memory=memory)
+        self._runtime = None
+
+    @property
+    def backbone(self):
+        """The ONNX Runtime backbone (loaded, or exported once, on first use)."""
+        if self._runtime is None:
+            self._runtime = load_backbone(self.spec, self.options, search=self.search, backbone=self._torch_backbone)
+        return self._runtime
 
     @property
     def num_features(self) -> int:
-        return self.backbone.num_features
+        width = self.backbone.num_features
+        if width is None:
+            from PIL import Image
 
-    def _load_cache(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        if self.dir is None or not self.dir.is_dir():
-            return
-        for shard in sorted(self.dir.glob("shard-*.npz")):
-            try:
-                with np.load(shard, allow_pickle=False) as data:
-                    hashes, features = data["hashes"], data["features"]
-            except Exception as err:  # a damaged shard only costs re-extraction
-                log.warning(
-                    "Ignoring unreadable feature-cache shard %s (%s); its images will be re-extracted.", shard, err
-                )
-                continue
-            if features.ndim != 2 or features.shape[1] != self.num_features:
-                log.warning("Ignoring feature-cache shard %s with shape %s.", shard, features.shape)
-                continue
-            for digest, row in zip(hashes.tolist(), features, strict=True):
-                self._memory[digest] = row
+            width = self._embed(np.stack([_preprocess(self.spec, Image.new("RGB", (8, 8)))])).shape[1]
+        return int(width)
 
-    def _flush(self, pending: dict[str, np.ndarray]) -> None:
-        if not pending or self.dir is None:
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        spec_file = self.dir / "spec.json"
-        if not spec_file.exists():
-            atomic_write_text(spec_file, json.dumps(self.backbone.spec.to_dict(), indent=2))
-        name = f"shard-{time.time_ns()}-{len(pending)}.npz"
-        tmp = self.dir / f".{name}.tmp"
-        with open(tmp, "wb") as handle:
-            np.savez(handle, hashes=np.array(list(pending)), features=np.stack(list(pending.values())))
-        os.replace(tmp, self.dir / name)
-        pending.clear()
-
-    def _model(self) -> Backbone:
-        if not self._on_device:
-            self.backbone.to(self.device).eval()
-            if self.device.type == "cuda":
-                self.backbone.to(memory_format=torch.channels_last)
-            self._on_device = True
-        return self.backbone
-
-    @torch.inference_mode()
-    def _embed(self, tensors: list[torch.Tensor]) -> np.ndarray:
-        batch = torch.stack(tensors).to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return self._model()(batch).float().cpu().numpy()
+    def _embed(self, batch: np.ndarray) -> np.ndarray:
+        """``(n, 3, S, S)`` preprocessed photos → ``(n, d)`` features."""
+        return self.backbone(batch)
 
     def extract(
-        self, paths: Sequence[str | os.PathLike], *, progress: bool = True, desc: str = "features"
+        self, paths: Sequence[str | os.PathLike | ImageItem], *, progress: bool | None = None, desc: str = "features"
     ) -> FeatureResult:
         """Features of ``paths`` (cached ones read back, the rest computed and cached).
-
-        Args:
-            paths: Image files.
-            progress: Show a tqdm progress bar (on stderr).
-            desc: Label of the progress bar.
 
         Returns:
             A :class:`FeatureResult` aligned with ``paths``.
         """
-        from tqdm.auto import tqdm
-
-        self._load_cache()
-        # Features of this call; they join the store's memory only when it keeps one.
-        known = self._memory if self.memory else {}
-        n = len(paths)
-        features = np.zeros((n, self.num_features), dtype=np.float32)
-        ok = np.zeros(n, dtype=bool)
-        failures: list[tuple[str, str]] = []
-        digests: list[str | None] = [None] * n
-        todo: list[int] = []
-        for i, path in enumerate(paths):
-            try:
-                data = Path(path).read_bytes()
-            except OSError as err:
-                failures.append((str(path), f"cannot read file ({err.strerror or err})"))
-                continue
-            digest = content_hash(data)
-            digests[i] = digest
-            cached = known.get(digest)
-            if cached is not None:
-                features[i], ok[i] = cached, True
-            else:
-                todo.append(i)
-        if todo:
-            pending: dict[str, np.ndarray] = {}
-            bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False)
-            batch_idx: list[int] = []
-            batch_tensors: list[torch.Tensor] = []
-
-            def run_batch() -> None:
-                out = self._embed(batch_tensors)
-                for j, row in zip(batch_idx, out, strict=True):
-                    features[j], ok[j] = row, True
-                    known[digests[j]] = row
-                    pending[digests[j]] = row
-                bar.update(len(batch_idx))
-                batch_idx.clear()
-                batch_tensors.clear()
-                if len(pending) >= self.flush_every:
-                    self._flush(pending)
-
-            try:
-                for i in todo:
-                    if digests[i] in known:  # duplicate content within this call
-                        features[i], ok[i] = known[digests[i]], True
-                        bar.update(1)
-                        continue
-                    try:
-                        image = decode_image(Path(paths[i]).read_bytes(), source=paths[i], max_pixels=self.max_pixels)
-                    except ImageLoadError as err:
-                        failures.append((err.path, err.reason))
-                        bar.update(1)
-                        continue
-                    batch_idx.append(i)
-                    batch_tensors.append(self._transform(image))
-                    if len(batch_idx) >= self.batch_size:
-                        run_batch()
-                if batch_idx:
-                    run_batch()
-            finally:
-                # Keep whatever was computed, also when interrupted: the next run resumes from here.
-                self._flush(pending)
-                bar.close()
-        order = {str(path): i for i, path in enumerate(paths)}
-        failures.sort(key=lambda item: order.get(item[0], n))
-        return FeatureResult(features=features, ok=ok, failures=failures)
+        options = self.options if progress is None else self.options.replace(progress=progress)
+        result = extract_features(paths, [self], options=options, desc=desc)
+        return FeatureResult(features=result.features[self.key], ok=result.ok, failures=result.failures)
 
     def embed_images(self, images: Sequence) -> np.ndarray:
         """Features of already decoded PIL images (not cached), ``(n, d)`` float32."""
         out = []
-        for start in range(0, len(images), self.batch_size):
-            out.append(self._embed([self._transform(im) for im in images[start : start + self.batch_size]]))
+        size = self.options.batch_size
+        for start in range(0, len(images), size):
+            out.append(self._embed(np.stack([_preprocess(self.spec, im) for im in images[start : start + size]])))
         return np.concatenate(out) if out else np.zeros((0, self.num_features), np.float32)
+
+
+def _preprocess(spec: BackboneSpec, image) -> np.ndarray:
+    from .preprocess import preprocess
+
+    return preprocess(spec, image)
+
+
+# --- the input layer ----------------------------------------------------------------------------------------------
+@dataclass
+class Extraction:
+    """What :func:`extract_features` returns, aligned with the items given.
+
+    Attributes:
+        features: ``{store key: (n_images, d) float32}``; rows of failed photos are zeros.
+        ok: ``(n_images,)`` bool, False where the photo could not be read.
+        failures: ``(name, reason)`` of each unreadable photo, in input order.
+        images: Decoded RGB pictures (``None`` for failed photos) when ``keep_images`` was asked for.
+    """
+
+    features: dict[str, np.ndarray]
+    ok: np.ndarray
+    failures: list[tuple[str, str]]
+    images: list[Any] | None = None
+
+
+@dataclass
+class _Loaded:
+    index: int
+    digest: str | None = None
+    cached: dict[str, np.ndarray] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    image: Any = None
+    failure: str | None = None
+
+
+def _read(item: ImageItem) -> bytes:
+    if item.data is not None:
+        return item.data
+    try:
+        return Path(item.path or item.name).read_bytes()
+    except FileNotFoundError:
+        raise ImageLoadError(item.name, "file not found") from None
+    except IsADirectoryError:
+        raise ImageLoadError(item.name, "is a folder, not an image file") from None
+    except OSError as err:
+        raise ImageLoadError(item.name, f"cannot read file ({err.strerror or err})") from None
+
+
+def _loader(
+    items: Sequence[ImageItem],
+    stores: Sequence[FeatureStore],
+    *,
+    keep_images: bool,
+    max_pixels: int | None,
+) -> Callable[[int], _Loaded]:
+    specs = [store.spec for store in stores]
+
+    def load(index: int) -> _Loaded:
+        item = items[index]
+        out = _Loaded(index)
+        try:
+            data = _read(item)
+            out.digest = content_hash(data)
+            missing = []
+            for store in stores:
+                row = store.cache.get(out.digest)
+                if row is None:
+                    missing.append(store)
+                else:
+                    out.cached[store.key] = row
+            if not missing and not keep_images:
+                return out
+            from .preprocess import draft_request
+
+            need = [s.spec for s in missing] or specs
+            image = decode_image(
+                data,
+                source=item.name,
+                max_pixels=max_pixels,
+                draft=(lambda w, h: draft_request(need, w, h)) if need else None,
+            )
+            del data
+            for store in missing:
+                out.arrays[store.key] = _preprocess(store.spec, image)
+            if keep_images:
+                out.image = image
+        except ImageLoadError as err:
+            out.failure = err.reason
+        return out
+
+    return load
+
+
+def extract_features(
+    items: Sequence[str | os.PathLike | ImageItem],
+    stores: Sequence[FeatureStore],
+    *,
+    options: RunOptions | None = None,
+    keep_images: bool = False,
+    desc: str = "features",
+) -> Extraction:
+    """Read, decode and embed photos with every store's backbone at once (the pipelined input layer).
+
+    Args:
+        items: Photo paths or :class:`ImageItem` (uploaded bytes).
+        stores: One :class:`FeatureStore` per backbone needed (possibly none, to only decode and check photos).
+        options: Workers (decode threads), progress bar; each store keeps its own cache and backbone settings.
+        keep_images: Also return the decoded pictures (methods that read pixels themselves, such as ``cnn``).
+        desc: Label of the progress bar.
+
+    Returns:
+        An :class:`Extraction` aligned with ``items``.
+    """
+    from tqdm.auto import tqdm
+
+    options = options or RunOptions()
+    items = [ImageItem.of(item) for item in items]
+    n = len(items)
+    stores = list(stores)
+    max_pixels = min((s.max_pixels for s in stores if s.max_pixels is not None), default=DEFAULT_MAX_PIXELS)
+    features: dict[str, np.ndarray] = {}
+    ok = np.zeros(n, dtype=bool)
+    failures: dict[int, str] = {}
+    images: list[Any] | None = [None] * n if keep_images else None
+    pending: dict[str, tuple[list[int], list[np.ndarray], list[str]]] = {s.key: ([], [], []) for s in stores}
+    unsaved: dict[str, dict[str, np.ndarray]] = {s.key: {} for s in stores}
+    by_key = {s.key: s for s in stores}
+    batch_size = max(1, min(s.options.batch_size for s in stores) if stores else options.batch_size)
+    load = _loader(items, stores, keep_images=keep_images, max_pixels=max_pixels)
+    bar = tqdm(total=n, desc=desc, unit="img", disable=not options.progress or n == 0, leave=False)
+
+    def width_of(store: FeatureStore, sample: np.ndarray) -> None:
+        if store.key not in features:
+            features[store.key] = np.zeros((n, sample.shape[-1]), dtype=np.float32)
+
+    def run_batch(key: str) -> None:
+        indices, arrays, digests = pending[key]
+        if not indices:
+            return
+        store = by_key[key]
+        out = store._embed(np.stack(arrays))
+        width_of(store, out[0])
+        features[key][indices] = out
+        unsaved[key].update(zip(digests, out, strict=True))
+        pending[key] = ([], [], [])
+        if len(unsaved[key]) >= store.flush_every:
+            store.cache.put(unsaved[key])
+            unsaved[key] = {}
+
+    def consume(loaded: _Loaded) -> None:
+        i = loaded.index
+        if loaded.failure is not None:
+            failures[i] = loaded.failure
+            bar.update(1)
+            return
+        ok[i] = True
+        for key, row in loaded.cached.items():
+            width_of(by_key[key], row)
+            features[key][i] = row
+        for key, array in loaded.arrays.items():
+            indices, arrays, digests = pending[key]
+            indices.append(i)
+            arrays.append(array)
+            digests.append(loaded.digest)
+            if len(indices) >= batch_size:
+                run_batch(key)
+        if images is not None:
+            images[i] = loaded.image
+        bar.update(1)
+
+    workers = options.decode_workers
+    try:
+        if workers == 0 or n <= 1:
+            for i in range(n):
+                consume(load(i))
+        else:
+            # A bounded window of decodes in flight: memory stays flat, the backbones never wait long.
+            window = max(2 * batch_size, 4 * workers)
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phototag-decode") as pool:
+                queue: deque[Future] = deque()
+                next_index = 0
+                while next_index < n or queue:
+                    while next_index < n and len(queue) < window:
+                        queue.append(pool.submit(load, next_index))
+                        next_index += 1
+                    consume(queue.popleft().result())
+        for key in pending:
+            run_batch(key)
+    finally:
+        # Keep whatever was computed, also when interrupted: the next run resumes from here.
+        for key, rows in unsaved.items():
+            by_key[key].cache.put(rows)
+        bar.close()
+    for store in stores:
+        if store.key not in features:
+            features[store.key] = np.zeros((n, store.num_features if n == 0 else _width(store)), dtype=np.float32)
+    ok_failures = [(items[i].name, failures[i]) for i in sorted(failures)]
+    return Extraction(features=features, ok=ok, failures=ok_failures, images=images)
+
+
+def _width(store: FeatureStore) -> int:
+    return store.num_features

@@ -11,7 +11,7 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -85,13 +85,21 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def decode_image(data: bytes, *, source: str | os.PathLike = "<bytes>", max_pixels: int | None = DEFAULT_MAX_PIXELS):
+def decode_image(
+    data: bytes,
+    *,
+    source: str | os.PathLike = "<bytes>",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft: Callable[[int, int], tuple[int, int] | None] | None = None,
+):
     """Decode encoded image bytes into an RGB :class:`PIL.Image.Image`.
 
     Args:
         data: The encoded file content (JPEG, PNG, ...).
         source: Name used in error messages (usually the file path).
         max_pixels: Refuse images with more pixels than this (decompression-bomb guard); ``None`` = no limit.
+        draft: ``(width, height) -> (w, h) or None``: the size a JPEG may be reduced to while decoding (PIL's
+            ``draft``, which keeps at least that size; much faster for large photos). ``None`` = full size.
 
     Raises:
         ImageLoadError: Not an image, truncated, too large or otherwise undecodable.
@@ -115,6 +123,10 @@ def decode_image(data: bytes, *, source: str | os.PathLike = "<bytes>", max_pixe
                     f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}; "
                     "raise max_pixels if the file is trusted",
                 )
+            if draft is not None and image.format == "JPEG":
+                request = draft(width, height)
+                if request is not None:
+                    image.draft("RGB", request)
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)

@@ -364,7 +364,7 @@ def tag_library(
     threshold: float | None = None,
     balanced: bool | None = None,
     checkpoint_every: int = 64,
-    progress: bool = False,
+    options=None,
 ) -> TagRunSummary:
     """Tag the photos under ``paths`` incrementally, writing keywords (``mode``: ``xmp`` sidecars or ``embedded``).
 
@@ -387,7 +387,7 @@ def tag_library(
         dry_run: Say what would change; write nothing, record nothing.
         top_k, threshold, balanced: The decision rule (see :meth:`~phototag.model.TagModel.predict`).
         checkpoint_every: Photos scored and written per chunk.
-        progress: Show progress bars.
+        options: How to run the model (:class:`~phototag.runtime.RunOptions`: device, workers, progress...).
     """
     from .catalog import TagCatalog, file_digest
     from .xmp import WRITE_MODES, model_identity, write_keywords
@@ -432,7 +432,7 @@ def tag_library(
         for start in range(0, len(todo), checkpoint_every):
             chunk = todo[start : start + checkpoint_every]
             predictions, unreadable = model.predict(
-                chunk, top_k=top_k, threshold=threshold, balanced=balanced, progress=progress
+                chunk, top_k=top_k, threshold=threshold, balanced=balanced, options=options
             )
             summary.failed += unreadable  # not written: they keep the keywords phototag wrote before
             changes, failures = write_keywords(

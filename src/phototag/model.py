@@ -5,6 +5,11 @@ Model directory layout (everything prediction needs; the training data is never 
     MODEL_DIR/phototag_model.json   format + version, method name and config, backbone spec, decision rule, info
     MODEL_DIR/vocab.json            the fitted TagVocabulary (column order of the scores)
     MODEL_DIR/weights.safetensors   the method's learned arrays ("method/...") and per-tag thresholds ("decision/...")
+    MODEL_DIR/backbones/*.onnx      optional: the backbones as ONNX graphs (the shipped default model has them), so
+                                    the model tags photos without torch and without exporting anything
+
+Scoring photos goes through the one input layer (:mod:`phototag.inputs`): each photo is read and decoded once,
+unreadable photos are reported by path and never get tags.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .backbones import Backbone, BackboneSpec, create_backbone
+from .backbones import BackboneSpec
 from .calibration import apply_offsets
-from .features import FeatureStore
+from .features import FeatureStore, ImageItem
 from .fileio import atomic_directory
+from .inputs import build_inputs, feature_specs, make_stores
 from .methods import TaggingMethod, create_method
+from .runtime import RunOptions
 from .vocab import TagVocabulary
 
 log = logging.getLogger(__name__)
@@ -98,14 +105,16 @@ class ScoredImages:
     """Scores of the images that could be read, plus what could not.
 
     Attributes:
-        paths: Paths of the scored images, aligned with ``scores`` rows.
+        paths: Paths (or upload names) of the scored images, aligned with ``scores`` rows.
         scores: ``(n_ok, n_tags)`` float32.
         failures: ``(path, reason)`` of the images that could not be read.
+        ok: ``(n_given,)`` bool: which of the images given are in ``paths`` / ``scores``.
     """
 
     paths: list[str]
     scores: np.ndarray
     failures: list[tuple[str, str]]
+    ok: np.ndarray | None = None
 
 
 class TagModel:
@@ -132,8 +141,7 @@ class TagModel:
         self.decision = decision or DecisionRule()
         self.info = info or {}
         self.path: Path | None = None
-        self._backbone: Backbone | None = None
-        self._stores: dict[Any, FeatureStore] = {}
+        self._stores: dict[Any, dict[str, FeatureStore]] = {}
 
     @property
     def tags(self) -> list[str]:
@@ -144,18 +152,25 @@ class TagModel:
         return self.method.data_keys
 
     # --- inputs -------------------------------------------------------------------------------------------------
-    def backbone(self) -> Backbone:
-        if self.backbone_spec is None:
-            raise ValueError(f"Method '{self.method.name}' uses no image backbone.")
-        if self._backbone is None:
-            self._backbone = create_backbone(self.backbone_spec)
-        return self._backbone
+    def graph_folders(self) -> list[Path]:
+        """Folders holding this model's own backbone graphs (``MODEL_DIR/backbones``)."""
+        return [self.path / "backbones"] if self.path is not None else []
+
+    def stores(self, options: RunOptions | None = None, *, memory: bool = True) -> dict[str, FeatureStore]:
+        """The feature stores of every backbone the method reads (by input key; see
+        :func:`phototag.inputs.feature_specs`), kept for the model's life per cache / run setting."""
+        options = options or RunOptions()
+        key = (str(options.cache_dir), options.device, options.precision, options.batch_size, options.threads, memory)
+        if key not in self._stores:
+            specs = feature_specs(self.method, self.backbone_spec)
+            self._stores[key] = make_stores(specs, options, memory=memory, search=self.graph_folders())
+        return self._stores[key]
 
     def feature_store(self, cache_dir: str | os.PathLike | None | bool = None) -> FeatureStore:
-        key = str(cache_dir)
-        if key not in self._stores:
-            self._stores[key] = FeatureStore(self.backbone(), cache_dir)
-        return self._stores[key]
+        """The feature store of the model's one backbone (methods reading ``"features"``)."""
+        if "features" not in self.data_keys:
+            raise ValueError(f"Method '{self.method.name}' reads no single-backbone features.")
+        return self.stores(RunOptions(cache_dir=cache_dir))["features"]
 
     def score_inputs(self, inputs: Mapping[str, Any]) -> np.ndarray:
         """Scores ``(n_images, n_tags)`` from ready-made inputs (see :attr:`data_keys`)."""
@@ -187,26 +202,82 @@ class TagModel:
 
     def score_images(
         self,
-        paths: Sequence[str | os.PathLike],
+        paths: Sequence[str | os.PathLike | ImageItem],
         *,
         user_tags: Sequence[Sequence[str]] | None = None,
         cache_dir: str | os.PathLike | None | bool = None,
-        progress: bool = False,
+        progress: bool | None = None,
+        options: RunOptions | None = None,
+        memory: bool = True,
+        chunk_size: int = 4096,
     ) -> ScoredImages:
-        """Score image files; unreadable ones are returned in ``failures``, never dropped silently."""
-        from .pipeline import build_inputs, subset_inputs
+        """Score photos (paths or uploaded :class:`~phototag.features.ImageItem`); unreadable ones are returned in
+        ``failures`` and get no scores, never dropped silently.
 
-        if "images" in self.data_keys:
-            self.method.use_feature_cache(cache_dir)  # e.g. an ensemble's members: the same cache as feature models
-        inputs, ok, failures = build_inputs(
-            self.data_keys,
-            image_paths=[str(p) for p in paths],
-            user_tags=user_tags,
-            feature_store=self.feature_store(cache_dir) if "features" in self.data_keys else None,
-            progress=progress,
+        Args:
+            paths: Photos.
+            user_tags: The user's own tags per photo (methods that read them).
+            cache_dir: Feature cache root (overrides ``options.cache_dir``; ``False`` = no disk cache).
+            progress: Progress bar (overrides ``options.progress``).
+            options: How to run (device, workers, batch size, precision); never saved with the model.
+            memory: Keep features of photos in memory when not caching on disk (``False``: keep nothing, as a
+                long-running service must).
+            chunk_size: Photos scored per pass, so memory stays bounded on very long lists.
+        """
+        options = (options or RunOptions()).replace(cache_dir=cache_dir, progress=progress)
+        items = [ImageItem.of(p) for p in paths]
+        stores = (
+            self.stores(options, memory=memory)
+            if any(k in self.data_keys for k in ("features", "backbone_features"))
+            else {}
         )
-        scores = self.score_inputs(subset_inputs(inputs, ok))
-        return ScoredImages([str(p) for p, good in zip(paths, ok, strict=True) if good], scores, failures)
+        names: list[str] = []
+        parts: list[np.ndarray] = []
+        failures: list[tuple[str, str]] = []
+        ok_all = np.zeros(len(items), dtype=bool)
+        for start in range(0, max(len(items), 1), chunk_size):
+            chunk = items[start : start + chunk_size]
+            batch = build_inputs(
+                self.method,
+                chunk,
+                backbone_spec=self.backbone_spec,
+                user_tags=None if user_tags is None else user_tags[start : start + chunk_size],
+                options=options,
+                stores=stores,
+                search=self.graph_folders(),
+            )
+            parts.append(self.score_inputs(batch.inputs))
+            names += [item.name for item, good in zip(chunk, batch.ok, strict=True) if good]
+            failures += batch.failures
+            ok_all[start : start + len(chunk)] = batch.ok
+        scores = np.concatenate(parts) if parts else np.zeros((0, len(self.vocab)), np.float32)
+        return ScoredImages(names, scores, failures, ok_all)
+
+    def score_pictures(
+        self,
+        pictures: Sequence[Any],
+        *,
+        user_tags: Sequence[Sequence[str]] | None = None,
+        options: RunOptions | None = None,
+    ) -> np.ndarray:
+        """Scores ``(n, n_tags)`` of photos already decoded (RGB PIL images, e.g. the service's uploads); nothing is
+        cached, so a long-running server neither fills the cache nor grows."""
+        options = (options or RunOptions()).replace(cache_dir=False)
+        keys = self.data_keys
+        inputs: dict[str, Any] = {}
+        if "features" in keys or "backbone_features" in keys:
+            stores = self.stores(options, memory=False)
+            if "features" in keys:
+                inputs["features"] = stores["features"].embed_images(pictures)
+            if "backbone_features" in keys:
+                inputs["backbone_features"] = {
+                    name: stores[name].embed_images(pictures) for name in self.method.feature_backbones()
+                }
+        if "images" in keys:
+            inputs["images"] = list(pictures)
+        if "user_tags" in keys:
+            inputs["user_tags"] = [list(t) for t in user_tags] if user_tags is not None else [[] for _ in pictures]
+        return self.score_inputs(inputs)
 
     def predict(
         self,
@@ -217,16 +288,17 @@ class TagModel:
         balanced: bool | None = None,
         user_tags: Sequence[Sequence[str]] | None = None,
         cache_dir: str | os.PathLike | None | bool = None,
-        progress: bool = False,
+        progress: bool | None = None,
+        options: RunOptions | None = None,
     ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-        """Tags for image files (``balanced``: see :meth:`rank_offset`).
+        """Tags for image files (``balanced``: see :meth:`rank_offset`; run settings: see :meth:`score_images`).
 
         Returns:
             ``(predictions, failures)``: one ``{"image": path, "tags": [{"tag", "score"}, ...]}`` per readable image
             (best first: by score, or for balanced top-k by ``logit(score) + offset``), and ``(path, reason)`` per
-            unreadable one.
+            unreadable one, which gets no prediction at all.
         """
-        scored = self.score_images(paths, user_tags=user_tags, cache_dir=cache_dir, progress=progress)
+        scored = self.score_images(paths, user_tags=user_tags, cache_dir=cache_dir, progress=progress, options=options)
         predictions = self.format_predictions(
             scored.paths, scored.scores, top_k=top_k, threshold=threshold, balanced=balanced
         )
@@ -251,11 +323,15 @@ class TagModel:
         ]
 
     # --- persistence --------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, backbones: Sequence[str | os.PathLike] = ()) -> Path:
         """Write the model directory atomically (built in a temporary sibling, then renamed into place).
 
         An existing phototag model directory at ``path`` is replaced; any other non-empty folder is refused.
+        ``backbones``: ONNX graph files (named as :func:`phototag.runtime.onnx_file_name` names them) to ship in
+        ``backbones/``, so the model tags without torch. Graphs the model already ships are kept.
         """
+        import shutil
+
         from safetensors.numpy import save_file
 
         arrays, meta = self.method.get_state()
@@ -284,6 +360,17 @@ class TagModel:
             (tmp / MODEL_FILE).write_text(json.dumps(header, indent=2, default=_json_default))
             self.vocab.save(tmp / "vocab.json")
             save_file(tensors, str(tmp / "weights.safetensors"), metadata={"format": MODEL_FORMAT})
+            graphs = [Path(g) for g in backbones]
+            if self.path is not None and (self.path / "backbones").is_dir():
+                graphs += [
+                    g
+                    for g in sorted((self.path / "backbones").iterdir())
+                    if g.name not in {x.name for x in graphs}
+                ]
+            if graphs:
+                (tmp / "backbones").mkdir()
+                for graph in graphs:
+                    shutil.copyfile(graph, tmp / "backbones" / graph.name)
         self.path = path
         return path
 

@@ -21,8 +21,9 @@ from typing import Any
 
 from .data import Dataset
 from .images import describe_failures
+from .inputs import build_inputs
 from .model import TagModel
-from .pipeline import build_inputs, subset_inputs
+from .runtime import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +83,18 @@ def update_model(
             ", ".join(sorted(ignored)[:20]),
         )
     vocab.add_tags(new_tags)
-    store = model.feature_store(cache_dir) if "features" in model.data_keys else None
     paths = [str(p) for p in image_paths]
-    inputs, ok, failures = build_inputs(
-        model.data_keys, image_paths=paths, user_tags=user_tags, feature_store=store, progress=progress
+    batch = build_inputs(
+        method,
+        paths,
+        backbone_spec=model.backbone_spec,
+        user_tags=user_tags,
+        options=RunOptions(cache_dir=cache_dir, progress=progress),
+        stores=model.stores(RunOptions(cache_dir=cache_dir)) if "features" in model.data_keys else None,
+        images_as="paths",
+        search=model.graph_folders(),
     )
+    inputs, ok, failures = batch.inputs, batch.ok, batch.failures
     if failures:
         log.warning(
             "%s\nThese %d of %d new images are left out.", describe_failures(failures), len(failures), len(paths)
@@ -94,7 +102,7 @@ def update_model(
     if not ok.any():
         raise ValueError(f"None of the {len(paths)} new images could be read; nothing to learn.")
     targets = vocab.transform(tag_lists)[ok]
-    method.update(subset_inputs(inputs, ok), targets, progress=progress, tag_names=list(vocab.tags_))
+    method.update(inputs, targets, progress=progress, tag_names=list(vocab.tags_))
     for tag in new_tags:
         vocab.counts_[tag] = int(counts[tag])
     model.vocab = vocab

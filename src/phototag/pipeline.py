@@ -7,6 +7,7 @@ Data flow: :class:`~phototag.data.Dataset` (manifest + vocabulary) → :func:`bu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -15,69 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, BackboneSpec, create_backbone
+from .backbones import DEFAULT_BACKBONE, BackboneSpec, resolve_spec
 from .data import Dataset, ImageRecord
-from .features import FeatureStore
 from .images import describe_failures
-from .methods import create_method
+from .inputs import build_inputs, needs_images
+from .methods import create_method, get_method_class
 from .metrics import evaluate_scores
 from .model import DecisionRule, TagModel
+from .runtime import RunOptions
 
 log = logging.getLogger(__name__)
-
-
-def build_inputs(
-    data_keys: Sequence[str],
-    *,
-    image_paths: Sequence[str] | None = None,
-    user_tags: Sequence[Sequence[str]] | None = None,
-    feature_store: FeatureStore | None = None,
-    progress: bool = True,
-) -> tuple[dict[str, Any], np.ndarray, list[tuple[str, str]]]:
-    """Build the inputs a method declares, for a list of images.
-
-    Args:
-        data_keys: The method's declared inputs.
-        image_paths: Image files (needed for ``"features"`` and ``"images"``).
-        user_tags: The user's own tags per image (needed for ``"user_tags"``).
-        feature_store: Extracts ``"features"``.
-        progress: Show progress bars.
-
-    Returns:
-        ``(inputs, ok, failures)``: inputs for *all* images, ``ok`` (n,) bool marking the usable ones, and
-        ``(path, reason)`` for the unusable ones. Use :func:`subset_inputs` to keep the usable rows.
-    """
-    n = len(image_paths) if image_paths is not None else len(user_tags or [])
-    inputs: dict[str, Any] = {}
-    ok = np.ones(n, dtype=bool)
-    failures: list[tuple[str, str]] = []
-    if "features" in data_keys:
-        if image_paths is None or feature_store is None:
-            raise ValueError("Image features need image paths and a feature store.")
-        result = feature_store.extract(image_paths, progress=progress)
-        inputs["features"] = result.features
-        ok &= result.ok
-        failures += result.failures
-    if "images" in data_keys:
-        if image_paths is None:
-            raise ValueError("This method needs image paths.")
-        inputs["images"] = list(image_paths)
-    if "user_tags" in data_keys and user_tags is not None:
-        if len(user_tags) != n:
-            raise ValueError(f"Got user tags for {len(user_tags)} images but {n} images.")
-        inputs["user_tags"] = [list(tags) for tags in user_tags]
-    return inputs, ok, failures
-
-
-def subset_inputs(inputs: Mapping[str, Any], keep: np.ndarray) -> dict[str, Any]:
-    """Rows ``keep`` (bool mask) of every input."""
-    out: dict[str, Any] = {}
-    for key, value in inputs.items():
-        if isinstance(value, np.ndarray):
-            out[key] = value[keep]
-        else:
-            out[key] = [item for item, good in zip(value, keep, strict=True) if good]
-    return out
 
 
 def default_method_for(dataset: Dataset) -> str:
@@ -95,28 +43,36 @@ def default_method_for(dataset: Dataset) -> str:
 def records_inputs(
     dataset: Dataset,
     records: Sequence[ImageRecord],
-    data_keys: Sequence[str],
-    feature_store: FeatureStore | None,
+    method: Any,
     *,
-    progress: bool = True,
+    backbone_spec: BackboneSpec | None = None,
+    options: RunOptions | None = None,
     what: str = "images",
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Inputs for dataset records, with unreadable images reported (by path and count) and masked out."""
-    paths = (
-        [str(dataset.image_path(r)) for r in records] if any(k in data_keys for k in ("features", "images")) else None
-    )
-    inputs, ok, failures = build_inputs(
-        data_keys,
-        image_paths=paths,
+    """Inputs for dataset records, with unreadable images reported (by path and count) and masked out.
+
+    Training reads ``"images"`` as checked paths (streamed from disk by the method), not decoded pictures.
+    """
+    uses_images = needs_images(method.data_keys)
+    items = [str(dataset.image_path(r)) for r in records] if uses_images else [r.id for r in records]
+    batch = build_inputs(
+        method,
+        items,
+        backbone_spec=backbone_spec,
         user_tags=[r.user_tags for r in records],
-        feature_store=feature_store,
-        progress=progress,
+        options=options,
+        images_as="paths",
+        desc=what,
     )
-    if failures:
+    if batch.failures:
         log.warning(
-            "%s\nThese %d of %d %s are left out.", describe_failures(failures), len(failures), len(records), what
+            "%s\nThese %d of %d %s are left out.",
+            describe_failures(batch.failures),
+            len(batch.failures),
+            len(records),
+            what,
         )
-    return subset_inputs(inputs, ok), ok
+    return batch.inputs, batch.ok
 
 
 def train(
@@ -131,6 +87,7 @@ def train(
     seed: int = 0,
     progress: bool = True,
     calibrate_thresholds: bool = False,
+    options: RunOptions | None = None,
 ) -> TagModel:
     """Train a tagging method on a dataset's ``train`` split.
 
@@ -146,6 +103,8 @@ def train(
         val_fraction: Share of train carved out for validation when there is no ``val`` split.
         seed: Seed of the validation carve.
         progress: Progress bars.
+        options: Run options for feature extraction (workers, batch size, device); ``cache_dir`` and ``progress``
+            override theirs.
         calibrate_thresholds: Set per-tag thresholds maximising each tag's F1 on the validation images
             (:func:`phototag.calibration.per_tag_thresholds`); the metrics with them (optimistic: measured on the
             images they were fitted on) go to ``model.info["validation_calibrated"]``.
@@ -156,23 +115,32 @@ def train(
     ds = dataset if isinstance(dataset, Dataset) else Dataset.load(dataset)
     vocab = ds.vocab if ds.vocab is not None else ds.fit_vocab()
     name = method or default_method_for(ds)
+    config = dict(config or {})
+    if backbone is not None and "backbone" in {f.name for f in dataclasses.fields(get_method_class(name).Config)}:
+        # Methods that build their own backbone (cnn) take --backbone as their setting.
+        config.setdefault("backbone", backbone.name if isinstance(backbone, BackboneSpec) else backbone)
+        backbone = None
     tagger = create_method(name, config)
     train_records, val_records = ds.train_val(val_fraction=val_fraction, seed=seed)
     if not train_records:
         raise ValueError(f"Dataset '{ds.name}' has no training records (split 'train' is empty).")
-    store, spec = None, None
+    options = (options or RunOptions()).replace(cache_dir=cache_dir, progress=progress)
+    spec = None
     if "features" in tagger.data_keys:
-        bb = create_backbone(backbone if backbone is not None else DEFAULT_BACKBONE)
-        spec = bb.spec
-        store = FeatureStore(bb, cache_dir)
+        spec = resolve_spec(backbone if backbone is not None else DEFAULT_BACKBONE)
+    elif backbone is not None:
+        raise ValueError(
+            f"--backbone applies to methods on one backbone's features; method '{name}' does not read them"
+            + (" (ensemble members name theirs: 'mlp@efficientnet_lite1')." if name == "ensemble" else ".")
+        )
     train_inputs, train_ok = records_inputs(
-        ds, train_records, tagger.data_keys, store, progress=progress, what="training images"
+        ds, train_records, tagger, backbone_spec=spec, options=options, what="training images"
     )
     targets = vocab.transform([r.tags for r in train_records])[train_ok]
     val_inputs, val_targets = None, None
     if val_records:
         val_inputs, val_ok = records_inputs(
-            ds, val_records, tagger.data_keys, store, progress=progress, what="validation images"
+            ds, val_records, tagger, backbone_spec=spec, options=options, what="validation images"
         )
         val_targets = vocab.transform([r.tags for r in val_records])[val_ok]
     log.info(
@@ -182,14 +150,22 @@ def train(
         len(vocab),
         0 if val_targets is None else len(val_targets),
     )
-    tagger.fit(
-        train_inputs,
-        targets,
-        val_inputs=val_inputs,
-        val_targets=val_targets,
-        progress=progress,
-        tag_names=list(vocab.tags_),
-    )
+    try:
+        tagger.fit(
+            train_inputs,
+            targets,
+            val_inputs=val_inputs,
+            val_targets=val_targets,
+            progress=progress,
+            tag_names=list(vocab.tags_),
+        )
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] in ("torch", "torchvision", "timm", "sklearn"):
+            raise ImportError(
+                f"Training method '{name}' needs {err.name}, which this installation lacks: "
+                'pip install "phototag[train]"'
+            ) from None
+        raise
     info: dict[str, Any] = {
         "dataset": ds.name,
         "dataset_dir": str(ds.root) if ds.root else None,
@@ -226,6 +202,7 @@ def evaluate(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     balanced: bool | None = None,
+    options: RunOptions | None = None,
 ) -> dict[str, float]:
     """All metrics of ``model`` on one split of ``dataset`` (see :func:`phototag.metrics.evaluate_scores`).
 
@@ -242,11 +219,18 @@ def evaluate(
     if not records:
         present = {s: len(ds.split(s)) for s in ("train", "val", "test")}
         raise ValueError(f"Dataset '{ds.name}' has no '{split}' records (records per split: {present}).")
-    store = model.feature_store(cache_dir) if "features" in model.data_keys else None
-    inputs, ok = records_inputs(ds, records, model.data_keys, store, progress=progress, what=f"{split} images")
+    options = (options or RunOptions()).replace(cache_dir=cache_dir, progress=progress)
+    uses_images = needs_images(model.data_keys)
+    items = [str(ds.image_path(r)) for r in records] if uses_images else [r.id for r in records]
+    scored = model.score_images(items, user_tags=[r.user_tags for r in records], options=options)
+    if scored.failures:
+        log.warning(
+            "%s\nThese %d %s images are left out.", describe_failures(scored.failures), len(scored.failures), split
+        )
+    ok = scored.ok
     targets = model.vocab.transform([r.tags for r in records])[ok]
     unknown = sum(model.vocab.last_unknown_.values()) if hasattr(model.vocab, "last_unknown_") else 0
-    scores = model.score_inputs(inputs)
+    scores = scored.scores
     threshold = model.decision.per_tag_threshold
     threshold = model.decision.threshold if threshold is None else threshold
     result = evaluate_scores(

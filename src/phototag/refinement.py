@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, BackboneSpec, create_backbone
+from .backbones import DEFAULT_BACKBONE, BackboneSpec, resolve_spec
 from .data import Dataset, ImageRecord
-from .features import FeatureStore
 from .methods import TaggingMethod, create_method
 from .model import DecisionRule
 from .pipeline import records_inputs
+from .runtime import RunOptions
 from .vocab import TagVocabulary, normalize_tag
 
 log = logging.getLogger(__name__)
@@ -212,13 +212,14 @@ def refine_dataset(
     if "images" in tagger.data_keys and not ds.has_images():
         raise ValueError(f"Method '{method}' needs image files, but dataset '{ds.name}' has none (tag-only data).")
     if "features" in tagger.data_keys and ds.has_images():
-        store = FeatureStore(create_backbone(backbone if backbone is not None else DEFAULT_BACKBONE), cache_dir)
-        inputs, ok = records_inputs(ds, records, tagger.data_keys, store, progress=progress, what="images to refine")
+        spec = resolve_spec(backbone if backbone is not None else DEFAULT_BACKBONE)
+        options = RunOptions(cache_dir=cache_dir, progress=progress)
+        inputs, ok = records_inputs(ds, records, tagger, backbone_spec=spec, options=options, what="images to refine")
         for record, good in zip(records, ok, strict=True):
             if not good:
                 skipped[record.id] = "image could not be read"
     else:
-        inputs, ok = records_inputs(ds, records, tagger.data_keys, None, progress=progress, what="images to refine")
+        inputs = {"user_tags": [r.user_tags for r in records]} if "user_tags" in tagger.data_keys else {}
         if "features" in tagger.data_keys:
             inputs["features"] = tag_context_features(noisy_all)
             log.info("Dataset '%s' has no images: tag-context features stand in for image features.", ds.name)

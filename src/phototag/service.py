@@ -23,7 +23,6 @@ import asyncio
 import logging
 import os
 import socket
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -32,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # the model pulls in torch; the CLI imports this module only for its defaults
+if TYPE_CHECKING:  # the CLI imports this module only for its defaults; the model is loaded when serving
     from .model import TagModel
+    from .runtime import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class ServiceConfig:
     token: str | None = None  # bearer token for /v1/...; None = open
     feedback_db: str | os.PathLike | None = None  # SQLite file for the web page's feedback; None = feedback off
     model_name: str = "model"  # shown by /healthz, stored with each click; "model" = method@directory of the model
+    run_options: Any = None  # phototag.runtime.RunOptions for the backbones (device, precision); None = defaults
 
 
 class ServiceError(Exception):
@@ -80,37 +81,18 @@ class DecodedImage:
     user_tags: list[str] = field(default_factory=list)
 
 
-def make_scorer(model: TagModel) -> Callable[[Sequence[DecodedImage]], np.ndarray]:
+def make_scorer(model: TagModel, options: RunOptions | None = None) -> Callable[[Sequence[DecodedImage]], np.ndarray]:
     """A function scoring decoded uploads with ``model`` through the method interface: ``(n, n_tags)`` scores.
 
-    Builds exactly the inputs the method declares: ``"features"`` from the decoded pictures (the same backbone
-    preprocessing as ``predict``, no cache), ``"images"`` as temporary files of the uploaded bytes (features the
-    method extracts from them are not cached either),
-    ``"user_tags"`` from the request.
+    The uploads were decoded once when they arrived; the model builds exactly the inputs its method declares from
+    those pictures (the same preprocessing as ``predict``) and the request's user tags. Nothing is cached: neither
+    on disk nor in memory, so a long-running server neither fills the cache nor grows.
     """
-    keys = model.data_keys
-    store = model.feature_store(False) if "features" in keys else None
-    if "images" in keys:
-        # Methods that extract features from the files themselves (an ensemble's members) keep none of an upload's:
-        # neither on disk nor in memory, so a long-running server neither fills the cache nor grows.
-        model.method.use_feature_cache(False, memory=False)
 
     def score(items: Sequence[DecodedImage]) -> np.ndarray:
-        inputs: dict[str, Any] = {}
-        if store is not None:
-            inputs["features"] = store.embed_images([item.image for item in items])
-        if "user_tags" in keys:
-            inputs["user_tags"] = [list(item.user_tags) for item in items]
-        if "images" not in keys:
-            return model.score_inputs(inputs)
-        with tempfile.TemporaryDirectory(prefix="phototag-serve-") as tmp:
-            paths = []
-            for i, item in enumerate(items):
-                path = Path(tmp) / f"{i:04d}{Path(item.name).suffix or '.img'}"
-                path.write_bytes(item.data)
-                paths.append(str(path))
-            inputs["images"] = paths
-            return model.score_inputs(inputs)
+        return model.score_pictures(
+            [item.image for item in items], user_tags=[list(item.user_tags) for item in items], options=options
+        )
 
     return score
 

@@ -66,7 +66,9 @@ class DecisionSaved(BaseModel):
 
 def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
     """The app for ``model`` with resolved ``config`` (use :func:`phototag.service.create_app`)."""
-    batcher = MicroBatcher(make_scorer(model), max_batch=config.max_batch, max_wait_ms=config.max_wait_ms)
+    batcher = MicroBatcher(
+        make_scorer(model, config.run_options), max_batch=config.max_batch, max_wait_ms=config.max_wait_ms
+    )
     feedback = FeedbackStore(config.feedback_db) if config.feedback_db is not None else None
     started = time.time()
 

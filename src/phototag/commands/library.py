@@ -24,7 +24,7 @@ def _print_changes(changes, *, dry_run: bool, verb: str) -> None:
 
 def write_library_keywords(model, args: argparse.Namespace) -> int:
     """The ``tag --write`` branch: tag what needs it (see :func:`phototag.library.tag_library`); the exit code."""
-    from ..cli import EXIT_OK, EXIT_PARTIAL, CLIError
+    from ..cli import EXIT_OK, EXIT_PARTIAL, CLIError, run_options
     from ..images import describe_failures
     from ..library import tag_library
 
@@ -45,7 +45,7 @@ def write_library_keywords(model, args: argparse.Namespace) -> int:
             threshold=args.threshold,
             balanced=args.balanced,
             checkpoint_every=args.checkpoint_every,
-            progress=not args.quiet,
+            options=run_options(args),
         )
     except FileNotFoundError as err:
         raise CLIError(str(err)) from None

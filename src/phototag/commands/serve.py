@@ -8,6 +8,7 @@ from ..service import TOKEN_ENV, ServiceConfig
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..cli import run_options
     from ..feedback import default_feedback_path
     from ..model import load_model
     from ..service import model_label, serve
@@ -23,6 +24,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         model_name=model_label(model),
+        run_options=run_options(args),
     )
 
     def ready(url: str) -> None:
@@ -72,4 +74,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--max-wait-ms", type=float, default=defaults.max_wait_ms, help="wait for more requests to batch together"
     )
+    from ..cli import add_run_options
+
+    add_run_options(p, cache=False)
     p.set_defaults(func=cmd_serve)

@@ -10,7 +10,8 @@ arrays plus a JSON-able dict, which :mod:`phototag.model` writes to safetensors 
 from __future__ import annotations
 
 import dataclasses
-import os
+import types
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -20,7 +21,8 @@ import numpy as np
 #: Input names a method may declare, with how a user supplies each (used in error messages).
 INPUT_KEYS: dict[str, str] = {
     "features": "pooled backbone features of the images (built by the pipeline from image files)",
-    "images": "image file paths",
+    "backbone_features": "pooled features of several backbones, {backbone name: (n, d) array} (built from images)",
+    "images": "decoded pictures (PIL images) or image file paths",
     "user_tags": "the user's own tags for each image (--user-tags, or a user_tags column)",
 }
 
@@ -45,7 +47,12 @@ class TaggingMethod(ABC):
     Config: ClassVar[type] = object
     data_keys: ClassVar[tuple[str, ...]] = ("features",)
 
+    #: Settings older versions saved that are no longer model settings (run options); dropped when loading.
+    retired_settings: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, config: Any = None, **overrides: Any):
+        if isinstance(config, Mapping) and self.retired_settings:
+            config = {k: v for k, v in config.items() if k not in self.retired_settings}
         self.config = build_config(self.Config, config, overrides)
 
     # --- to implement -------------------------------------------------------------------------------------------
@@ -100,15 +107,11 @@ class TaggingMethod(ABC):
             f"Method '{self.name}' does not support online updates; retrain it with `phototag train`."
         )
 
-    # --- optional: methods that extract image features themselves ------------------------------------------------
-    def use_feature_cache(self, cache_dir: str | os.PathLike | bool | None, *, memory: bool = True) -> None:
-        """Where features this method extracts itself from ``"images"`` inputs are cached from now on.
-
-        ``cache_dir`` is a feature-cache root, ``None`` (the user cache) or ``False`` (memory only); with
-        ``memory=False`` as well nothing is kept between calls (the HTTP service). Methods that get ready-made
-        features, or that compute none to keep (``cnn``), have nothing to cache and ignore it.
-        """
-        return None
+    # --- optional: methods that read several backbones ------------------------------------------------------------
+    def feature_backbones(self) -> list[str]:
+        """Backbone names whose pooled features the ``"backbone_features"`` input must hold (methods declaring it
+        override this)."""
+        return []
 
     # --- shared behaviour ---------------------------------------------------------------------------------------
     @property
@@ -125,7 +128,7 @@ class TaggingMethod(ABC):
         if missing:
             needs = "; ".join(f"'{key}': {INPUT_KEYS.get(key, key)}" for key in missing)
             raise MissingInputError(f"Method '{self.name}' needs input {needs}. Got inputs {sorted(inputs)}.")
-        lengths = {key: len(inputs[key]) for key in self.data_keys}
+        lengths = {key: _n_rows(inputs[key]) for key in self.data_keys}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"Inputs of method '{self.name}' have different numbers of images: {lengths}.")
         return next(iter(lengths.values())) if lengths else 0
@@ -191,6 +194,18 @@ class TaggingMethod(ABC):
         return f"{type(self).__name__}({self.config!r})"
 
 
+def _n_rows(value: Any) -> int:
+    """Number of images in one input (a ``{backbone: array}`` mapping counts its arrays' rows)."""
+    if isinstance(value, Mapping):
+        rows = {len(v) for v in value.values()}
+        if len(rows) > 1:
+            raise ValueError(
+                f"Backbone features of different numbers of images: { {k: len(v) for k, v in value.items()} }."
+            )
+        return rows.pop() if rows else 0
+    return len(value)
+
+
 def image_paths(inputs: Mapping[str, Any]) -> list[str]:
     """The ``"images"`` input as a list of path strings."""
     return [str(p) for p in inputs["images"]]
@@ -225,7 +240,57 @@ def build_config(
         raise ValueError(
             f"Unknown setting(s) {unknown} for {config_class.__qualname__}; valid settings: {sorted(fields)}."
         )
+    hints = typing.get_type_hints(config_class)
+    for key, value in values.items():
+        hint = hints.get(key, Any)
+        if not _conforms(value, hint):
+            raise ValueError(
+                f"Setting '{key}' of {config_class.__qualname__} must be {_describe(hint)}. "
+                f"Got {value!r} ({type(value).__name__}) instead."
+            )
     return config_class(**values)
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the type annotation ``hint`` (the types method configs use)."""
+    if hint is Any or hint is object:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arm) for arm in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin in (list, tuple, Sequence):
+        if not isinstance(value, list | tuple):
+            return False
+        inner = [a for a in args if a is not Ellipsis]
+        if origin is tuple and len(inner) > 1:
+            return len(value) == len(inner) and all(_conforms(v, a) for v, a in zip(value, inner, strict=True))
+        return not inner or all(_conforms(v, inner[0]) for v in value)
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            return False
+        key_type, value_type = args or (Any, Any)
+        return all(_conforms(k, key_type) and _conforms(v, value_type) for k, v in value.items())
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arm) for arm in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint).replace("typing.", "")
 
 
 # --- registry -----------------------------------------------------------------------------------------------------
@@ -249,19 +314,61 @@ def register_method(name: str) -> Callable[[MethodT], MethodT]:
     return decorate
 
 
+#: Built-in method name → module of :mod:`phototag.methods` that registers it. Modules are imported only when one
+#: of their methods is used, so tagging with numpy-scored methods never imports torch.
+BUILTIN_METHODS: dict[str, str] = {
+    "cnn": "cnn",
+    "contextual": "contextual",
+    "most_likely": "contextual",
+    "drel": "drel",
+    "ensemble": "ensemble",
+    "knn": "knn",
+    "mlp": "mlp",
+    "refine": "refine",
+    "user_tags": "refine_baselines",
+    "tag_cooccur": "refine_baselines",
+    "rpca": "refine_baselines",
+    "tag_vote": "refine_baselines",
+    "random_guess": "refine_baselines",
+    "svm": "svm",
+    "wsabie": "wsabie",
+}
+
+
 def list_methods() -> list[str]:
-    """Names of all registered methods, sorted."""
-    _ensure_builtin_methods()
-    return sorted(_REGISTRY)
+    """Names of all registered methods (built-in ones included, imported or not), sorted."""
+    _ensure_builtin_methods(skip_unimportable=True)
+    return sorted(set(_REGISTRY) | set(BUILTIN_METHODS))
 
 
 def get_method_class(name: str) -> type[TaggingMethod]:
-    """The class registered as ``name``; unknown names raise ``ValueError`` listing the valid ones."""
-    _ensure_builtin_methods()
+    """The class registered as ``name``; unknown names raise ``ValueError`` listing the valid ones.
+
+    Raises:
+        ImportError: The method needs a package this installation lacks (names the extra to install).
+    """
+    if name not in _REGISTRY and name in BUILTIN_METHODS:
+        _import_method_module(BUILTIN_METHODS[name], name)
+    if name not in _REGISTRY:
+        _ensure_builtin_methods(skip_unimportable=True)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"Unknown method '{name}'. Registered methods: {', '.join(sorted(_REGISTRY))}.") from None
+        raise ValueError(f"Unknown method '{name}'. Registered methods: {', '.join(list_methods())}.") from None
+
+
+def _import_method_module(module: str, method: str | None = None) -> None:
+    import importlib
+
+    try:
+        importlib.import_module(f"{__package__}.{module}")
+    except ImportError as err:
+        if err.name and err.name.split(".")[0] in ("torch", "torchvision", "timm"):
+            what = f"Method '{method}'" if method else f"Module phototag.methods.{module}"
+            raise ImportError(
+                f'{what} needs PyTorch ({err.name} is not installed): pip install "phototag[train]"'
+            ) from None
+        raise
 
 
 def create_method(name: str, config: Any = None, **overrides: Any) -> TaggingMethod:
@@ -275,17 +382,32 @@ def create_method(name: str, config: Any = None, **overrides: Any) -> TaggingMet
 
 
 def method_descriptions() -> dict[str, str]:
-    """``{name: one-line description}`` of every registered method."""
-    return {name: get_method_class(name).description for name in list_methods()}
+    """``{name: one-line description}`` of every method (one that needs a missing package says which)."""
+    out = {}
+    for name in list_methods():
+        try:
+            out[name] = get_method_class(name).description
+        except ImportError as err:
+            out[name] = f"(not available: {err})"
+    return out
 
 
-def _ensure_builtin_methods() -> None:
-    """Import every module of :mod:`phototag.methods` once; each registers its methods on import."""
-    import importlib
+def _ensure_builtin_methods(*, skip_unimportable: bool = False) -> None:
+    """Import every module of :mod:`phototag.methods` once; each registers its methods on import. Modules that need
+    a missing package (torch) are skipped with ``skip_unimportable``."""
     import pkgutil
 
     from .. import methods
 
     for module in pkgutil.iter_modules(methods.__path__):
-        if module.name != "base" and not module.name.startswith("_"):
-            importlib.import_module(f"{methods.__name__}.{module.name}")
+        if module.name == "base" or module.name.startswith("_") or module.name in _IMPORTED:
+            continue
+        try:
+            _import_method_module(module.name)
+            _IMPORTED.add(module.name)
+        except ImportError:
+            if not skip_unimportable:
+                raise
+
+
+_IMPORTED: set[str] = set()

@@ -29,7 +29,7 @@ from ..images import ImageLoadError, describe_failures, load_image
 from ..losses import LOSSES, make_loss
 from ..metrics import mean_average_precision, per_image_prf, threshold_mask
 from ._training import BestEpoch
-from .base import TaggingMethod, image_paths, register_method
+from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ class _ImageFiles(torch.utils.data.Dataset):
     """Decoded, transformed images by index; unreadable files give a zero image and ``ok=False`` (never raise)."""
 
     def __init__(self, paths: Sequence[str], transform, size: int):
-        self.paths = [str(p) for p in paths]
+        # Paths (training streams from disk) or decoded PIL pictures (scoring: the input layer decoded them once).
+        self.paths = [p if hasattr(p, "mode") else str(p) for p in paths]
         self.transform = transform
         self.size = size
 
@@ -122,7 +123,9 @@ class _ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         try:
-            image = self.transform(load_image(self.paths[index]))
+            source = self.paths[index]
+            picture = source if not isinstance(source, str) else load_image(source)
+            image = self.transform(picture)
             return image, index, True, ""
         except ImageLoadError as err:
             return torch.zeros(3, self.size, self.size), index, False, err.reason
@@ -170,9 +173,12 @@ class CNNTagger(TaggingMethod):
             raise ValueError(f"cnn finetune_blocks must be >= 0. Got {cfg.finetune_blocks} instead.")
 
     def _device(self) -> torch.device:
-        from ..features import best_device
 
-        return torch.device(self.config.device) if self.config.device else best_device()
+        return (
+            torch.device(self.config.device)
+            if self.config.device
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
 
     def _build(self, n_tags: int, weights: str | None = None, spec=None) -> None:
         from ..backbones import BackboneSpec, create_backbone
@@ -244,7 +250,12 @@ class CNNTagger(TaggingMethod):
         return scores
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        return self._predict(image_paths(inputs))
+        images = list(inputs["images"])
+        scores = self._predict([im if hasattr(im, "mode") else str(im) for im in images])
+        if self.last_failures_:
+            # The input layer only passes photos it could decode; one that fails here changed on disk meanwhile.
+            raise ValueError(describe_failures(self.last_failures_) + "\nThey changed while being tagged; run again.")
+        return scores
 
     # --- training -----------------------------------------------------------------------------------------------
     def _validation_f1(self, paths: Sequence[str], targets: np.ndarray) -> tuple[float, float]:

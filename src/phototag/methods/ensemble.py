@@ -1,9 +1,10 @@
 """``ensemble``: first-level taggers on different backbones, combined by a fixed rule or a learned stacker.
 
 Members are ``"method@backbone"`` strings. A feature-head member (``mlp@efficientnet_lite1``, ``knn@...``) is trained
-on the pooled features of its backbone, which the ensemble extracts itself (one
-:class:`~phototag.features.FeatureStore` per backbone, cached on disk), so the ensemble only needs image paths; a
-``cnn@...`` member fine-tunes that backbone end to end (a GPU job). Member scores ``(n_members, n_images, n_tags)``
+on the pooled features of its backbone: the ensemble declares the input ``"backbone_features"`` and names the
+backbones it needs (:meth:`EnsembleTagger.feature_backbones`), and the input layer (:mod:`phototag.features`)
+decodes each photo once for all of them. A ``cnn@...`` member fine-tunes that backbone end to end (a GPU job) and
+reads the decoded pictures (input ``"images"``). Member scores ``(n_members, n_images, n_tags)``
 are combined by:
 
 - ``average``: the mean score;
@@ -29,20 +30,15 @@ Every combiner is available from one saved ensemble: ``config.combiner`` is the 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..calibration import apply_offsets, tag_balance_offsets
-from ..images import describe_failures
 from ..metrics import mean_average_precision, per_tag_at_k
-from ._training import BestEpoch
-from .base import TaggingMethod, create_method, get_method_class, image_paths, register_method
+from .base import TaggingMethod, create_method, get_method_class, register_method
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +63,24 @@ class EnsembleConfig:
     balance: float = 0.0
     balance_k: int = 5  # the top-k the balancing offsets are fitted for
     vote_threshold: float = 0.5  # a member votes for a tag when its score is at least this ("round")
-    feature_cache: str | bool | None = None  # feature cache root; None = ~/.cache/phototag/features, False = memory
     seed: int = 0  # seeds the folds and the stacker
 
 
-class _Stacker(nn.Module):
-    """members × tags → tanh hidden of the same width → tags (logits)."""
+def _stacker_network(width: int, n_tags: int):
+    """The stacker as a torch module (training only): members × tags → tanh hidden of the same width → tag logits."""
+    from torch import nn
 
-    def __init__(self, width: int, n_tags: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, n_tags))
+    return nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, n_tags))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+
+def _stacker_logits(arrays: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The stacker's forward pass in numpy from its saved weights (``0.weight`` ... ``2.bias``)."""
+    hidden = np.tanh(x @ arrays["0.weight"].T + arrays["0.bias"])
+    return hidden @ arrays["2.weight"].T + arrays["2.bias"]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def parse_member(member: str) -> tuple[str, str]:
@@ -90,7 +91,7 @@ def parse_member(member: str) -> tuple[str, str]:
             f"Ensemble members are 'method@backbone' (e.g. 'mlp@efficientnet_lite1'). Got {member!r} instead."
         )
     keys = get_method_class(method).data_keys
-    if not set(keys) <= {"features", "images"}:
+    if len(keys) != 1 or keys[0] not in ("features", "images"):
         raise ValueError(f"Ensemble member '{member}': method '{method}' needs inputs {keys}; only image taggers fit.")
     return method, backbone
 
@@ -123,7 +124,26 @@ class EnsembleTagger(TaggingMethod):
 
     description = "taggers on several backbones combined by average, vote, union, intersection or an OOF stacker"
     Config = EnsembleConfig
-    data_keys = ("images",)
+    data_keys = ("backbone_features",)
+    #: Settings of older versions that were run options, not model settings: dropped when a model is loaded.
+    retired_settings = ("feature_cache",)
+
+    def __init__(self, config: Any = None, **overrides: Any):
+        super().__init__(config, **overrides)
+        kinds = {get_method_class(parse_member(m)[0]).data_keys[0] for m in self.config.members}
+        # Per instance: "backbone_features" for feature-head members, "images" for members that read pixels (cnn).
+        self.data_keys = tuple(
+            k for k, kind in (("backbone_features", "features"), ("images", "images")) if kind in kinds
+        )
+
+    def feature_backbones(self) -> list[str]:
+        """The backbones whose pooled features the feature-head members read, in member order, each once."""
+        names: list[str] = []
+        for member in self.config.members:
+            method, backbone = parse_member(member)
+            if get_method_class(method).data_keys[0] == "features" and backbone not in names:
+                names.append(backbone)
+        return names
 
     # --- members ------------------------------------------------------------------------------------------------
     def _check_config(self) -> None:
@@ -148,47 +168,22 @@ class EnsembleTagger(TaggingMethod):
             settings["backbone"] = backbone
         return create_method(method, settings)
 
-    def _store(self, backbone: str):
-        from ..backbones import create_backbone
-        from ..features import FeatureStore
-
-        stores = self.__dict__.setdefault("_stores", {})
-        if backbone not in stores:
-            memory = self.__dict__.get("_keep_features", True)
-            stores[backbone] = FeatureStore(create_backbone(backbone), self.config.feature_cache, memory=memory)
-        return stores[backbone]
-
-    def use_feature_cache(self, cache_dir: str | os.PathLike | bool | None, *, memory: bool = True) -> None:
-        """Cache the members' features under ``cache_dir`` from now on (see :meth:`TaggingMethod.use_feature_cache`);
-        the backbones already loaded are kept."""
-        from ..features import FeatureStore
-
-        cache = str(cache_dir) if cache_dir not in (None, True, False) else cache_dir
-        if cache == self.config.feature_cache and memory == self.__dict__.get("_keep_features", True):
-            return
-        self.config.feature_cache = cache
-        self._keep_features = memory
-        old = self.__dict__.get("_stores", {})
-        self._stores = {name: FeatureStore(store.backbone, cache, memory=memory) for name, store in old.items()}
-
-    def _member_inputs(self, paths: Sequence[str], progress: bool) -> tuple[list[dict[str, Any]], np.ndarray, list]:
-        """Per-member inputs for ``paths``, the (n,) mask of images every member could read, and the failures."""
-        ok = np.ones(len(paths), dtype=bool)
-        failures: dict[str, str] = {}
-        features: dict[str, np.ndarray] = {}
+    def _member_inputs(self, inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Each member's own inputs: its backbone's features, or the decoded pictures."""
         out = []
         for member in self.config.members:
             method, backbone = parse_member(member)
-            if "features" in get_method_class(method).data_keys:
+            if get_method_class(method).data_keys[0] == "features":
+                features = inputs["backbone_features"]
                 if backbone not in features:
-                    result = self._store(backbone).extract(paths, progress=progress, desc=f"features {backbone}")
-                    features[backbone] = result.features
-                    ok &= result.ok
-                    failures.update(dict(result.failures))
-                out.append({"features": features[backbone]})
+                    raise ValueError(
+                        f"Ensemble member '{member}' needs features of backbone '{backbone}'; got features of "
+                        f"{sorted(features)}."
+                    )
+                out.append({"features": np.asarray(features[backbone], dtype=np.float32)})
             else:
-                out.append({"images": list(paths)})
-        return out, ok, sorted(failures.items())
+                out.append({"images": list(inputs["images"])})
+        return out
 
     @staticmethod
     def _rows(inputs: Mapping[str, Any], keep: np.ndarray) -> dict[str, Any]:
@@ -203,23 +198,14 @@ class EnsembleTagger(TaggingMethod):
 
         self._check_config()
         cfg = self.config
-        paths, y, val_paths, yv = self.check_image_data(inputs, targets, val_inputs, val_targets)
-        n = len(paths)
-        member_inputs, ok, failures = self._member_inputs(paths, progress)
-        if failures:
-            log.warning(
-                "%s\nThese %d of %d training images are left out.", describe_failures(failures), len(failures), n
-            )
-        member_inputs = [self._rows(m, ok) for m in member_inputs]
-        y = y[ok]
-        have_val = val_paths is not None
-        val_member_inputs = None
+        y = self.check_targets(targets, self.check_inputs(inputs))
+        member_inputs = self._member_inputs(inputs)
+        have_val = val_inputs is not None and val_targets is not None and len(val_targets) > 0
+        val_member_inputs, yv = None, None
         if have_val:
-            val_member_inputs, val_ok, val_failures = self._member_inputs(val_paths, progress)
-            if val_failures:
-                log.warning("%s\nThese validation images are left out.", describe_failures(val_failures))
-            val_member_inputs = [self._rows(m, val_ok) for m in val_member_inputs]
-            yv = yv[val_ok]
+            self.check_inputs(val_inputs)
+            val_member_inputs = self._member_inputs(val_inputs)
+            yv = (np.asarray(val_targets) > 0).astype(np.float32)
         n_members, n_tags = len(cfg.members), y.shape[1]
 
         def fit_member(i: int, rows: np.ndarray | None) -> TaggingMethod:
@@ -287,13 +273,19 @@ class EnsembleTagger(TaggingMethod):
 
     def _fit_stacker(
         self, scores: np.ndarray, targets: np.ndarray, val_scores: np.ndarray | None, val_targets: np.ndarray | None
-    ) -> _Stacker:
+    ) -> dict[str, np.ndarray]:
+        """Train the stacker (torch) on member scores; returns its weights as numpy arrays."""
+        import torch
+        from torch import nn
+
+        from ._training import BestEpoch
+
         cfg = self.config
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         x = torch.from_numpy(_stack_inputs(scores))
         t = torch.from_numpy(targets.astype(np.float32))
-        stacker = _Stacker(x.shape[1], targets.shape[1])
+        stacker = _stacker_network(x.shape[1], targets.shape[1])
         optimizer = torch.optim.Adam(stacker.parameters(), lr=cfg.stacker_lr)
         loss_fn = nn.BCEWithLogitsLoss()
         xv = torch.from_numpy(_stack_inputs(val_scores)) if val_scores is not None else None
@@ -314,7 +306,7 @@ class EnsembleTagger(TaggingMethod):
             if tracker.update(value, epoch, stacker):
                 break
         tracker.restore(stacker)
-        return stacker.eval()
+        return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in stacker.state_dict().items()}
 
     # --- scoring ------------------------------------------------------------------------------------------------
     def set_combiner(self, combiner: str) -> None:
@@ -325,32 +317,24 @@ class EnsembleTagger(TaggingMethod):
 
     def _combine(self, member_scores: np.ndarray, combiner: str) -> np.ndarray:
         if combiner == "stacker":
-            with torch.no_grad():
-                return torch.sigmoid(self.stacker_(torch.from_numpy(_stack_inputs(member_scores)))).numpy()
+            return _sigmoid(_stacker_logits(self.stacker_, _stack_inputs(member_scores))).astype(np.float32)
         return combine(member_scores, combiner, vote_threshold=self.config.vote_threshold)
 
     def rank_offset(self) -> np.ndarray | None:
         """The balancing offsets of the current combiner (``None`` without ``balance`` or for the stacker)."""
         return getattr(self, "offsets_", {}).get(self.config.combiner)
 
-    def member_scores(self, inputs: Mapping[str, Any], *, progress: bool = False) -> np.ndarray:
-        """Scores of every member ``(n_members, n_images, n_tags)``; rows of unreadable images are 0 (reported)."""
+    def member_scores(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        """Scores of every member ``(n_members, n_images, n_tags)``."""
         self.check_fitted()
-        paths = image_paths(inputs)
-        member_inputs, ok, failures = self._member_inputs(paths, progress)
-        if failures:
-            log.warning("%s\nTheir scores are all 0.", describe_failures(failures))
-        self.last_failures_ = failures
-        out = np.zeros((len(self.members_), len(paths), self.n_tags_), dtype=np.float32)
-        for i, (member, member_in) in enumerate(zip(self.members_, member_inputs, strict=True)):
-            out[i, ok] = member.score(self._rows(member_in, ok))
-        return out
+        member_inputs = self._member_inputs(inputs)
+        return np.stack([m.score(v) for m, v in zip(self.members_, member_inputs, strict=True)]).astype(np.float32)
 
-    def score_all(self, inputs: Mapping[str, Any], *, progress: bool = False) -> dict[str, np.ndarray]:
+    def score_all(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """``{combiner: scores (n_images, n_tags)}`` for every combiner, member scores computed once."""
         self.check_fitted()
         self.check_inputs(inputs)
-        members = self.member_scores(inputs, progress=progress)
+        members = self.member_scores(inputs)
         return {name: self._combine(members, name).astype(np.float32) for name in COMBINERS}
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
@@ -364,7 +348,7 @@ class EnsembleTagger(TaggingMethod):
             member_arrays, meta = member.get_state()
             arrays.update({f"member{i}/{k}": v for k, v in member_arrays.items()})
             members_meta.append({"method": member.name, "config": member.config_dict(), "meta": meta})
-        arrays.update({f"stacker/{k}": v.detach().cpu().numpy() for k, v in self.stacker_.state_dict().items()})
+        arrays.update({f"stacker/net.{k}": np.asarray(v) for k, v in self.stacker_.items()})
         arrays.update({f"offsets/{name}": v for name, v in getattr(self, "offsets_", {}).items()})
         return arrays, {
             "n_tags": int(self.n_tags_),
@@ -380,12 +364,20 @@ class EnsembleTagger(TaggingMethod):
             prefix = f"member{i}/"
             member.set_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}, info["meta"])
             self.members_.append(member)
+        prefix = "stacker/net."
+        self.stacker_ = {
+            k[len(prefix) :]: np.asarray(v, dtype=np.float32) for k, v in arrays.items() if k.startswith(prefix)
+        }
         width = len(self.members_) * self.n_tags_
-        self.stacker_ = _Stacker(width, self.n_tags_)
-        self.stacker_.load_state_dict(
-            {k[len("stacker/") :]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("stacker/")}
-        )
-        self.stacker_.eval()
+        expected = {
+            "0.weight": (width, width),
+            "0.bias": (width,),
+            "2.weight": (self.n_tags_, width),
+            "2.bias": (self.n_tags_,),
+        }
+        shapes = {k: tuple(v.shape) for k, v in self.stacker_.items()}
+        if shapes != expected:
+            raise ValueError(f"Ensemble stacker weights have shapes {shapes}; expected {expected}.")
         self.offsets_ = {k[len("offsets/") :]: np.asarray(v) for k, v in arrays.items() if k.startswith("offsets/")}
         if meta.get("validation") is not None:
             self.validation_ = meta["validation"]

@@ -1,7 +1,8 @@
 """``mlp``: the seeds' multi-label head trained on cached backbone features.
 
 Dense 512 ReLU → Dropout 0.5 → sigmoid over the vocabulary, weighted binary cross-entropy (``pos_weight``), Adam,
-early stopping on validation mAP with the best epoch kept (seed 001's head, without fine-tuning the backbone).
+early stopping on validation mAP with the best epoch kept (the head of the multi-label CNN tagger, without fine-tuning
+the backbone). Training uses torch; scoring is numpy only, so a saved head tags photos where torch is not installed.
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..metrics import mean_average_precision
-from ._training import BestEpoch, StandardizedNet
 from .base import TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -37,13 +35,33 @@ class MLPConfig:
     seed: int = 0  # seeds initialisation, dropout and shuffling
 
 
-class _Head(StandardizedNet):
-    def __init__(self, d_in: int, hidden: int, n_out: int, dropout: float):
-        super().__init__(d_in)
-        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
+def _head_network(d_in: int, hidden: int, n_out: int, dropout: float):
+    """The head as a torch module (training only); its state dict is what :func:`head_scores` reads."""
+    from torch import nn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.standardize(x))
+    from ._training import StandardizedNet
+
+    class _Head(StandardizedNet):
+        def __init__(self) -> None:
+            super().__init__(d_in)
+            self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
+
+        def forward(self, x):
+            return self.net(self.standardize(x))
+
+    return _Head()
+
+
+#: The head's arrays, as saved: standardisation, then Dense → ReLU → (dropout) → Dense.
+HEAD_ARRAYS = ("mean", "scale", "net.0.weight", "net.0.bias", "net.3.weight", "net.3.bias")
+
+
+def head_scores(arrays: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Sigmoid scores ``(n, n_tags)`` of features ``(n, d)`` through a head's saved arrays, in numpy."""
+    z = (x - arrays["mean"]) / arrays["scale"]
+    hidden = np.maximum(z @ arrays["net.0.weight"].T + arrays["net.0.bias"], 0.0)
+    logits = hidden @ arrays["net.3.weight"].T + arrays["net.3.bias"]
+    return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)
 
 
 @register_method("mlp")
@@ -54,10 +72,12 @@ class MLPTagger(TaggingMethod):
     Config = MLPConfig
     data_keys = ("features",)
 
-    def _build(self, d_in: int, n_tags: int) -> _Head:
-        return _Head(d_in, self.config.hidden, n_tags, self.config.dropout)
+    def _build(self, d_in: int, n_tags: int):
+        return _head_network(d_in, self.config.hidden, n_tags, self.config.dropout)
 
-    def _pos_weight(self, targets: np.ndarray) -> torch.Tensor:
+    def _pos_weight(self, targets: np.ndarray):
+        import torch
+
         value = self.config.pos_weight
         if isinstance(value, str):
             if value != "auto":
@@ -68,7 +88,11 @@ class MLPTagger(TaggingMethod):
         return torch.full((targets.shape[1],), float(value))
 
     def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
+        import torch
+        from torch import nn
         from tqdm.auto import tqdm
+
+        from ._training import BestEpoch
 
         n = self.check_inputs(inputs)
         y = self.check_targets(targets, n)
@@ -109,7 +133,7 @@ class MLPTagger(TaggingMethod):
             if tracker.end_epoch(record, head, bar):
                 break
         self.best_epoch_ = tracker.finish(head, log, "mlp: best validation mAP")
-        self.head_ = head.eval()
+        self.arrays_ = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in head.state_dict().items()}
         self.n_features_ = x.shape[1]
         self.n_tags_ = y.shape[1]
         return self
@@ -118,11 +142,10 @@ class MLPTagger(TaggingMethod):
         x = np.asarray(inputs["features"], dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_features_:
             raise ValueError(f"mlp expects features of shape (n, {self.n_features_}). Got {x.shape} instead.")
-        with torch.no_grad():
-            return torch.sigmoid(self.head_(torch.from_numpy(x))).numpy()
+        return head_scores(self.arrays_, x)
 
     def get_state(self):
-        arrays = {k: v.detach().cpu().numpy() for k, v in self.head_.state_dict().items()}
+        arrays = dict(self.arrays_)
         return arrays, {
             "n_tags": int(self.n_tags_),
             "n_features": int(self.n_features_),
@@ -132,6 +155,16 @@ class MLPTagger(TaggingMethod):
     def set_state(self, arrays, meta):
         self.n_tags_, self.n_features_ = int(meta["n_tags"]), int(meta["n_features"])
         self.best_epoch_ = meta.get("best_epoch")
-        head = self._build(self.n_features_, self.n_tags_)
-        head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
-        self.head_ = head.eval()
+        hidden = self.config.hidden
+        expected = {
+            "mean": (self.n_features_,),
+            "scale": (self.n_features_,),
+            "net.0.weight": (hidden, self.n_features_),
+            "net.0.bias": (hidden,),
+            "net.3.weight": (self.n_tags_, hidden),
+            "net.3.bias": (self.n_tags_,),
+        }
+        shapes = {k: tuple(np.shape(arrays[k])) for k in HEAD_ARRAYS if k in arrays}
+        if shapes != expected:
+            raise ValueError(f"mlp weights have shapes {shapes}; this model's config expects {expected}.")
+        self.arrays_ = {k: np.asarray(arrays[k], dtype=np.float32) for k in HEAD_ARRAYS}

@@ -1,0 +1,81 @@
+"""Run options, ONNX export of backbones (checked against torch) and ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from phototag.backbones import resolve_spec
+from phototag.runtime import RunOptions, backbone_graph, compress_initializers, load_backbone, onnx_file_name
+
+
+def test_run_options_are_checked():
+    with pytest.raises(ValueError, match="device must be one of"):
+        RunOptions(device="tpu")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        RunOptions(precision="fp8")
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        RunOptions(batch_size=0)
+    assert RunOptions().replace(batch_size=None, workers=3).workers == 3
+
+
+def test_cuda_without_provider_is_a_clear_error():
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    from phototag.runtime import execution_providers
+
+    with pytest.raises(RuntimeError, match="no CUDA execution provider"):
+        execution_providers("cuda")
+    assert execution_providers("auto") == ["CPUExecutionProvider"]
+
+
+def test_onnx_backbone_matches_torch_on_real_photos(backbone, tmp_path):
+    """The graph tagging runs computes the same features as the torch backbone it was exported from."""
+    import torch
+
+    from phototag.preprocess import preprocess
+    from phototag.runtime import check_images
+
+    session = load_backbone(backbone.spec, RunOptions(cache_dir=tmp_path), backbone=backbone)
+    assert session.path.name == onnx_file_name(backbone.spec)
+    batch = np.stack([preprocess(backbone.spec, im) for im in check_images()])
+    with torch.inference_mode():
+        expected = backbone(torch.from_numpy(batch)).numpy()
+    got = session(batch)
+    cosine = (expected * got).sum(1) / np.linalg.norm(expected, axis=1) / np.linalg.norm(got, axis=1)
+    assert got.shape == expected.shape and cosine.min() > 0.9999
+
+
+def test_compressed_graph_is_half_the_size_and_computes_in_float32(backbone, tmp_path):
+    import onnx
+    import onnxruntime
+
+    from phototag.runtime import export_backbone
+
+    path = export_backbone(backbone.spec, tmp_path / "lite0.onnx", backbone=backbone)
+    full = onnx.load(str(path))
+    small = compress_initializers(onnx.load(str(path)))
+    assert len(small.SerializeToString()) < 0.6 * len(full.SerializeToString())
+    x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    run = [
+        onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"images": x}
+        )[0]
+        for m in (full, small)
+    ]
+    assert run[1].dtype == np.float32
+    cosine = (run[0] * run[1]).sum(1) / np.linalg.norm(run[0], axis=1) / np.linalg.norm(run[1], axis=1)
+    assert cosine.min() > 0.9999
+
+
+def test_shipped_default_backbones_are_found_without_export(tmp_path):
+    from phototag.model import default_model_path
+
+    folder = default_model_path() / "backbones"
+    if not folder.is_dir():
+        pytest.fail("the default model ships no backbone graphs")
+    spec = resolve_spec("efficientnet_lite2")
+    assert backbone_graph(spec, RunOptions(cache_dir=tmp_path)).parent == folder
+    assert not (tmp_path / "onnx").exists()  # nothing exported
