@@ -14,7 +14,7 @@ fi
 # reachable index offers a CPU-only x86_64 build, so the pin below does not avoid them. Pinned to the release this
 # machine keeps on disk, installed first so the extras below reuse it.
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m pip install --quiet -e ".[dev,formats]"
 # Best effort (never fails the setup): chromium, chromedriver and exiftool for the browser and XMP tests.
 bash scripts/install_system_tools.sh
 echo "phototag installed in .venv ($(.venv/bin/phototag --version))"

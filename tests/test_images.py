@@ -20,12 +20,40 @@ def _jpeg(size=(64, 48)) -> bytes:
     return buffer.getvalue()
 
 
-def test_find_images_recurses_sorted_and_dedupes(tmp_path):
+def test_find_images_recurses_sorted_and_dedupes(tmp_path, caplog):
     (tmp_path / "b").mkdir()
-    for name in ("b/2.jpg", "a.PNG", "b/1.jpeg", "notes.txt"):
+    for name in ("b/2.jpg", "a.PNG", "b/1.jpeg", "notes.txt", "b/3.HEIC", "b/4.cr3", "b/2.jpg.xmp"):
         (tmp_path / name).write_bytes(b"x")
     found = find_images([tmp_path, tmp_path / "a.PNG"])
-    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.PNG", "b/1.jpeg", "b/2.jpg"]
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "a.PNG",
+        "b/1.jpeg",
+        "b/2.jpg",
+        "b/3.HEIC",
+        "b/4.cr3",
+    ]
+    # nothing skipped silently: the file that is not a photo is named (the sidecar is a photo's companion)
+    assert "1 file(s)" in caplog.text and "notes.txt" in caplog.text and "2.jpg.xmp" not in caplog.text
+
+
+def test_heic_and_raw_decode(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pytest.importorskip("rawpy")
+    pytest.importorskip("tifffile")
+    from library_builder import write_dng
+
+    original = Image.effect_noise((64, 48), 40).convert("RGB")
+    pillow_heif.register_heif_opener()
+    original.save(tmp_path / "phone.heic", quality=95)
+    write_dng(tmp_path / "camera.dng", original)
+    for name in ("phone.heic", "camera.dng"):
+        image = load_image(tmp_path / name)
+        assert image.mode == "RGB" and image.size == (64, 48), name
+    # the DNG's preview is the image itself: pixel for pixel
+    assert load_image(tmp_path / "camera.dng").tobytes() == original.tobytes()
+    (tmp_path / "fake.nef").write_bytes(_jpeg())
+    with pytest.raises(ImageLoadError, match="fake.nef: camera raw file LibRaw cannot read"):
+        load_image(tmp_path / "fake.nef")
 
 
 def test_find_images_missing_path_names_it(tmp_path):

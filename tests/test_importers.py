@@ -13,7 +13,7 @@ from phototag.importers import MIRFLICKR_LABELS, RawDataError, list_importers, r
 
 
 def test_importer_registry():
-    assert list_importers() == ["corel5k", "csv", "harrison", "mirflickr"]
+    assert list_importers() == ["corel5k", "csv", "harrison", "library", "mirflickr"]
     with pytest.raises(ValueError, match="Unknown dataset kind 'flickr'.*corel5k"):
         run_importer("flickr", ".", "out")
 

@@ -139,7 +139,9 @@ def test_tag_write_xmp_round_trip_with_exiftool(library, default_model, capsys):
     assert as_list(owner["XMP-dc:Subject"]) == ["Family", "sky"] + ours0
     assert as_list(owner["XMP-phototag:AddedKeywords"]) == ours0
     assert owner["XMP-xmp:Rating"] == 4 and owner["XMP-dc:Title"] == "Holiday"
-    assert as_list(owner["XMP-digiKam:TagsList"]) == ["People/Family"]
+    # phototag's keywords also go into the hierarchical keyword lists, beside the owner's
+    assert as_list(owner["XMP-digiKam:TagsList"]) == ["People/Family"] + ours0
+    assert as_list(owner["XMP-lr:HierarchicalSubject"]) == ours0
     assert owner["XMP-phototag:Model"].startswith(f"{default_model.method.name}@default_model sha1:")
     assert as_list(read["img1.jpg.xmp"]["XMP-dc:Subject"]) == expected["img1.jpg"]
 
@@ -148,6 +150,7 @@ def test_tag_write_xmp_round_trip_with_exiftool(library, default_model, capsys):
     owner = exiftool_json(library / "img0.jpg.xmp")[0]
     assert as_list(owner["XMP-dc:Subject"]) == ["Family", "sky"] and "XMP-phototag:Model" not in owner
     assert owner["XMP-xmp:Rating"] == 4 and as_list(owner["XMP-digiKam:TagsList"]) == ["People/Family"]
+    assert "XMP-lr:HierarchicalSubject" not in owner and "XMP-phototag:AddedTagsList" not in owner
 
 
 def test_tag_write_embedded_round_trip_with_exiftool(library, default_model, capsys):

@@ -119,6 +119,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     )
     summary = dataset.summary()
     print(f"Wrote dataset '{dataset.name}' to {args.out}: {json.dumps(summary)}")
+    if args.kind == "library":
+        from .library import describe_import
+
+        print(describe_import(dataset.info))
     return EXIT_OK
 
 
@@ -362,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("import", help="convert a raw dataset into a phototag dataset directory")
-    p.add_argument("kind", choices=("corel5k", "csv", "harrison", "mirflickr"))
+    p.add_argument("kind", choices=("corel5k", "csv", "harrison", "library", "mirflickr"))
     p.add_argument("src", help="source folder (or CSV file for 'csv')")
     p.add_argument("out", help="dataset directory to write")
     p.add_argument("--min-count", type=int, default=None, help="keep tags on at least N training images (default 1)")

@@ -28,7 +28,8 @@ from .vocab import TagVocabulary
 
 DATASET_FORMAT = "phototag-dataset"
 DATASET_FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
+#: ``unlabeled``: photos without tags (e.g. a photo library's untagged photos); never trained or evaluated on.
+SPLITS = ("train", "val", "test", "unlabeled")
 
 
 class DatasetFormatError(ValueError):
@@ -44,7 +45,7 @@ class ImageRecord:
         file: Image path relative to the dataset's ``image_root`` (``None`` for tag-only data).
         tags: Target tags (ground truth for training and evaluation).
         user_tags: The user's own tags (input for contextual methods, noisy tags for refinement).
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"unlabeled"``.
         meta: Free-form extra fields from the source (folder, original path, ...).
     """
 
@@ -112,7 +113,8 @@ class Dataset:
 
     def split_counts(self) -> dict[str, int]:
         counts = Counter(r.split for r in self.records)
-        return {s: counts.get(s, 0) for s in SPLITS}
+        # "unlabeled" only where there are such records, so other datasets' counts read as before
+        return {s: counts.get(s, 0) for s in SPLITS if s != "unlabeled" or counts.get(s)}
 
     def train_val(self, *, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[ImageRecord], list[ImageRecord]]:
         """Training and validation records: split ``val`` if present, else a seeded carve of ``train``.

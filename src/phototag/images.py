@@ -8,6 +8,7 @@ half-grey picture, and decompression bombs are refused before they are decoded.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -15,8 +16,21 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+log = logging.getLogger(__name__)
+
+#: HEIF-family photos (phones since 2017): HEIC/HEIF via pillow-heif, AVIF via Pillow's own plugin.
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif"})
+#: Camera raw files, read through rawpy (LibRaw): the camera's embedded JPEG preview, else a half-size develop.
+RAW_EXTENSIONS = frozenset(
+    {".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".iiq", ".kdc", ".mos", ".mrw", ".nef", ".nrw"}
+    | {".orf", ".pef", ".raf", ".raw", ".rw2", ".rwl", ".sr2", ".srf", ".srw", ".x3f"}
+)
 #: File name endings treated as images when a folder is searched.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = (
+    frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}) | HEIF_EXTENSIONS | RAW_EXTENSIONS
+)
+#: What to install for the HEIC and raw readers.
+FORMATS_EXTRA_HINT = "pip install 'phototag[formats]'"
 
 #: Default pixel limit (width × height). 100 megapixels is larger than any camera photo, far smaller than a bomb.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -35,8 +49,8 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files and folders into a list of image files.
 
     A folder is searched recursively for files whose name ends in one of :data:`IMAGE_EXTENSIONS` (sorted, so the
-    order is reproducible). A file named explicitly is kept whatever its extension: if it is not an image, reading
-    it later reports that by path.
+    order is reproducible); the other files found there (XMP sidecars aside) are named in a logged warning. A file
+    named explicitly is kept whatever its extension: if it is not an image, reading it later reports that by path.
 
     Args:
         paths: Files and/or folders.
@@ -49,10 +63,13 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """
     found: list[Path] = []
     seen: set[Path] = set()
+    skipped: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            children = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            children = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+            skipped += [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS and p.suffix.lower() != ".xmp"]
         elif path.exists():
             children = [path]
         else:
@@ -62,6 +79,9 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
             if key not in seen:
                 seen.add(key)
                 found.append(child)
+    if skipped:  # never silently: say what was left out (XMP sidecars are the photos' companions, not skipped)
+        shown = ", ".join(str(p) for p in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        log.warning("%d file(s) in the folders are not photos phototag reads and were skipped: %s", len(skipped), shown)
     return found
 
 
@@ -86,6 +106,12 @@ def decode_image(
     """
     if not data:
         raise ImageLoadError(source, "file is empty")
+    special = decode_special(data, source)
+    if special is not None:
+        width, height = special.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageLoadError(source, f"image is {width}x{height}, over the limit of {max_pixels:,} pixels")
+        return _to_rgb(special)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -113,6 +139,82 @@ def decode_image(
     except (OSError, SyntaxError, ValueError) as err:
         # PIL reports truncated or corrupt data as OSError ("image file is truncated"), SyntaxError or ValueError.
         raise ImageLoadError(source, f"corrupt or truncated image ({err})") from None
+
+
+def _is_heif(data: bytes) -> bool:
+    """An ISO base media file whose brand is HEIC / HEIF (``ftyp`` box at byte 4)."""
+    return data[4:8] == b"ftyp" and data[8:12] in {
+        b"heic",
+        b"heix",
+        b"heim",
+        b"heis",
+        b"hevc",
+        b"hevx",
+        b"mif1",
+        b"msf1",
+    }
+
+
+def _is_raw(data: bytes, source: str | os.PathLike) -> bool:
+    if Path(str(source)).suffix.lower() in RAW_EXTENSIONS:
+        return True
+    head = data[:16]
+    return (
+        head.startswith(b"FUJIFILMCCD-RAW")
+        or (head[4:8] == b"ftyp" and head[8:12] == b"crx ")  # Canon CR3
+        or head[:4] in {b"IIRO", b"IIRS", b"MMOR", b"IIU\x00"}  # Olympus ORF, Panasonic RW2
+        or (head[:4] == b"II*\x00" and head[8:10] == b"CR")  # Canon CR2
+    )
+
+
+def decode_special(data: bytes, source: str | os.PathLike = "<bytes>"):
+    """Formats Pillow does not open by itself: HEIC/HEIF (pillow-heif) and camera raw files (rawpy).
+
+    Returns:
+        A decoded :class:`PIL.Image.Image` for raw files; ``None`` for everything else, after making sure Pillow
+        can open a HEIC (its opener is registered on first use).
+
+    Raises:
+        ImageLoadError: A HEIC or raw file while the reader for it is not installed, or a raw file LibRaw cannot read.
+    """
+    if _is_heif(data):
+        try:
+            import pillow_heif
+        except ImportError:
+            raise ImageLoadError(source, f"HEIC/HEIF photos need pillow-heif: {FORMATS_EXTRA_HINT}") from None
+        pillow_heif.register_heif_opener()
+        return None
+    if not _is_raw(data, source):
+        return None
+    try:
+        import rawpy
+    except ImportError:
+        raise ImageLoadError(source, f"camera raw files need rawpy: {FORMATS_EXTRA_HINT}") from None
+    try:
+        with rawpy.imread(io.BytesIO(data)) as raw:
+            try:
+                thumb = raw.extract_thumb()
+            except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+                thumb = None
+            oriented = False
+            if thumb is not None and thumb.format == rawpy.ThumbFormat.JPEG:
+                preview = Image.open(io.BytesIO(thumb.data))
+                oriented = preview.getexif().get(0x0112, 1) != 1
+                image = ImageOps.exif_transpose(preview)
+            elif thumb is not None:
+                image = Image.fromarray(thumb.data)
+            else:  # no preview: develop at half size (postprocess applies the orientation itself)
+                image = Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8))
+                oriented = True
+            if not oriented:  # LibRaw's orientation: 3 = 180°, 5 = 90° counter-clockwise, 6 = 90° clockwise
+                turn = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
+                image = image.transpose(turn[raw.sizes.flip]) if raw.sizes.flip in turn else image
+            image.load()
+            return image
+    except ImageLoadError:
+        raise
+    except Exception as err:  # LibRaw raises its own error classes for every kind of bad input
+        raise ImageLoadError(source, f"camera raw file LibRaw cannot read ({type(err).__name__}: {err})") from None
 
 
 def load_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS):

@@ -7,7 +7,7 @@ saves the directory atomically.
 
 Example:
     >>> list_importers()
-    ['corel5k', 'csv', 'harrison', 'mirflickr']
+    ['corel5k', 'csv', 'harrison', 'library', 'mirflickr']
 """
 
 from __future__ import annotations
@@ -363,3 +363,7 @@ def import_mirflickr(src: Path, *, seed: int = 0) -> Dataset:
         "import": _report(len(records), records, []),
     }
     return Dataset(records, name="mirflickr25k", info=info)
+
+
+# The photo-library importer lives in its own module; importing it registers "library".
+from . import library as _library  # noqa: E402, F401
