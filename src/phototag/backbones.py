@@ -86,6 +86,19 @@ def is_resolved(spec: BackboneSpec) -> bool:
     return None not in (spec.input_size, spec.mean, spec.std, spec.interpolation, spec.crop_pct)
 
 
+def as_spec(spec: BackboneSpec | str | None = None, **overrides: Any) -> BackboneSpec:
+    """A :class:`BackboneSpec` from a spec, a timm name or ``None`` (the default backbone), with ``overrides``
+    applied (``None`` values ignored) and the resize mode checked."""
+    if spec is None:
+        spec = BackboneSpec()
+    elif isinstance(spec, str):
+        spec = BackboneSpec(name=spec)
+    spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+    if spec.resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}. Got {spec.resize_mode!r} instead.")
+    return spec
+
+
 def resolve_spec(spec: BackboneSpec | str | None = None, **overrides: Any) -> BackboneSpec:
     """``spec`` with its preprocessing defaults filled in (input size, mean/std, interpolation, crop).
 
@@ -96,13 +109,7 @@ def resolve_spec(spec: BackboneSpec | str | None = None, **overrides: Any) -> Ba
         >>> resolve_spec("efficientnet_lite1").input_size
         240
     """
-    if spec is None:
-        spec = BackboneSpec()
-    elif isinstance(spec, str):
-        spec = BackboneSpec(name=spec)
-    spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
-    if spec.resize_mode not in RESIZE_MODES:
-        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}. Got {spec.resize_mode!r} instead.")
+    spec = as_spec(spec, **overrides)
     if is_resolved(spec):
         return spec
     if spec.name in RESOLVED_OFFLINE and spec.weights in ("auto", "offline"):
