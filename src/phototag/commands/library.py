@@ -23,7 +23,7 @@ def _print_changes(changes, *, dry_run: bool, verb: str) -> None:
 
 def write_library_keywords(model, args: argparse.Namespace) -> int:
     """The ``tag --write`` branch: predict, then write the tags as keywords; returns the exit code."""
-    from ..cli import EXIT_OK, EXIT_PARTIAL, CLIError, find_image_paths
+    from ..cli import EXIT_OK, EXIT_PARTIAL, CLIError, find_image_paths, finish_predictions
     from ..images import describe_failures
     from ..xmp import model_identity, write_keywords
 
@@ -33,6 +33,7 @@ def write_library_keywords(model, args: argparse.Namespace) -> int:
     predictions, unreadable = model.predict(
         paths, top_k=args.top_k, threshold=args.threshold, balanced=args.balanced, progress=not args.quiet
     )
+    predictions = finish_predictions(predictions, args)
     changes, failures = write_keywords(
         predictions, mode=args.write, model=model_identity(model), naming=args.sidecar, dry_run=args.dry_run
     )
