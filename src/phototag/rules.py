@@ -243,3 +243,13 @@ def apply_rules(predictions: Sequence[Mapping[str, Any]], rules: Rules) -> list[
     if not rules:
         return [dict(p) for p in predictions]
     return [{**p, "tags": apply_rules_to_tags(p["tags"], rules)} for p in predictions]
+
+
+def rule_labels(rules: Rules) -> list[str]:
+    """Every label a rules file can produce (renamed-to labels and parents), in file order, without repeats."""
+    labels: dict[str, None] = {}
+    for rule in rules.rules.values():
+        for label in (rule.see, *rule.parents):
+            if label is not None:
+                labels[label] = None
+    return list(labels)

@@ -10,6 +10,7 @@ from ..service import TOKEN_ENV, ServiceConfig
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..feedback import default_feedback_path
     from ..model import load_model
+    from ..rules import resolve_rules
     from ..service import model_label, serve
 
     model = load_model(args.model)
@@ -23,6 +24,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         model_name=model_label(model),
+        rules=args.rules if args.rules is not None else resolve_rules(None),
+        lang=args.lang or "en",
     )
 
     def ready(url: str) -> None:
@@ -43,6 +46,8 @@ def _env_token() -> str | None:
 
 
 def register(subparsers) -> None:
+    from ..cli import add_rules_and_language_options
+
     defaults = ServiceConfig()
     p = subparsers.add_parser(
         "serve",
@@ -72,4 +77,5 @@ def register(subparsers) -> None:
     p.add_argument(
         "--max-wait-ms", type=float, default=defaults.max_wait_ms, help="wait for more requests to batch together"
     )
+    add_rules_and_language_options(p)
     p.set_defaults(func=cmd_serve)
