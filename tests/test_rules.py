@@ -44,6 +44,11 @@ def test_rename_block_rethreshold_and_parent():
     assert got == tags(("airplane", 0.7), ("animal", 0.6), ("cat", 0.6), ("pet", 0.6), ("tree", 0.2))
 
 
+def test_parents_of_a_renamed_label_are_added():
+    rules = parse_rules({"tabby": {"see": "cat", "parents": ["pet"]}, "cat": {"parents": ["animal"]}})
+    assert apply_rules_to_tags(tags(("tabby", 0.8)), rules) == tags(("animal", 0.8), ("cat", 0.8), ("pet", 0.8))
+
+
 def test_threshold_of_the_original_label_wins_and_duplicates_keep_the_best():
     rules = parse_rules({"kitty": {"see": "cat", "threshold": 0.9}, "cat": {"threshold": 0.1}})
     assert apply_rules_to_tags(tags(("kitty", 0.5), ("cat", 0.3)), rules) == tags(("cat", 0.3))

@@ -205,11 +205,12 @@ def apply_rules_to_tags(tags: Sequence[Mapping[str, Any]], rules: Rules) -> list
 
     In order: a label below its rule's threshold is dropped (the threshold of the label as the model named it,
     else of the label it is renamed to); renames follow ``see:``; blocked labels (original or renamed) are dropped;
-    duplicates after renaming keep the best score; each label's ``parents`` (of the renamed label, transitively)
-    are added with its score unless blocked or already there with a higher score. The result is sorted by priority
-    (higher first), then score.
+    duplicates after renaming keep the best score; each label's ``parents`` (of the label and of the names renamed
+    to it, transitively) are added with its score unless blocked or already there with a higher score. The result
+    is sorted by priority (higher first), then score.
     """
     best: dict[str, float] = {}
+    renamed_parents: dict[str, list[str]] = {}  # parents set on a label's original names (``tabby: {see: cat, ...}``)
 
     def offer(label: str, score: float) -> None:
         if not rules.blocked(label) and score > best.get(label, float("-inf")):
@@ -224,8 +225,10 @@ def apply_rules_to_tags(tags: Sequence[Mapping[str, Any]], rules: Rules) -> list
         if (threshold is not None and score < threshold) or rules.blocked(original):
             continue
         offer(label, score)
+        if original != label:
+            renamed_parents.setdefault(label, []).extend(rules.rule(original).parents)
     for label, score in list(best.items()):
-        todo, done = list(rules.rule(label).parents), {label}
+        todo, done = [*rules.rule(label).parents, *renamed_parents.get(label, [])], {label}
         while todo:
             parent = rules.canonical(todo.pop(0))
             if parent in done:
