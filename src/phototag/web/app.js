@@ -104,6 +104,9 @@ function renderTags(photo, card, tags) {
     const row = document.createElement("div");
     row.className = "tag";
     row.dataset.tag = tag;
+    const decided = photo.decisions.get(tag) || "clear";  // kept when a language change redraws the list
+    row.classList.toggle("accepted", decided === "accept");
+    row.classList.toggle("rejected", decided === "reject");
     const name = document.createElement("span");
     name.className = "name";
     name.textContent = shown(tag);
