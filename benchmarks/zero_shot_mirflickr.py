@@ -48,22 +48,6 @@ from phototag.model import load_model
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-LABELS = (
-    "baby",
-    "bird",
-    "car",
-    "clouds",
-    "dog",
-    "female",
-    "flower",
-    "male",
-    "night",
-    "people",
-    "portrait",
-    "river",
-    "sea",
-    "tree",
-)
 
 #: MIRFLICKR label -> the tag names that count for it (same name, plural, or a close synonym; not hyponyms).
 LABEL_SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -82,6 +66,8 @@ LABEL_SYNONYMS: dict[str, tuple[str, ...]] = {
     "sea": ("sea", "ocean"),
     "tree": ("tree", "trees"),
 }
+#: The 14 "relevant" labels (``mirflickr25k_annotations_v080/*_r1.txt``), in this order.
+LABELS = tuple(LABEL_SYNONYMS)
 
 #: Scene -> tags that name it (or a close synonym) among a photo's 10 best.
 SCENE_SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -214,14 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     # (b) imagenet, calibrated on Corel5k photos only
     mapping = load_mapping()
     vocab = mapping.vocabulary()
-    column = {t: j for j, t in enumerate(vocab)}
     calib_paths, calib_words = corel_calibration_set(corel_root, args.calibration_photos, args.seed)
-    calib_targets = np.zeros((len(calib_paths), len(vocab)), dtype=np.float32)
-    for i, words in enumerate(calib_words):
-        for word in words:
-            keyword = mapping.resolve(word)
-            if keyword is not None:
-                calib_targets[i, column[keyword]] = 1
+    calib_targets = mapping.targets_from_words(calib_words, vocab)
     calib_features = features_of(calib_paths, BACKBONES)
     report_features = features_of(paths, BACKBONES)
     calibrated = int((calib_targets.sum(0) >= 10).sum())

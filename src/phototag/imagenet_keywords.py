@@ -80,6 +80,25 @@ class KeywordMapping:
         known = set(self.vocabulary())
         return word if word in known else None
 
+    def targets_from_words(self, words: Sequence[Sequence[str]], tag_names: Sequence[str]) -> np.ndarray:
+        """0/1 targets ``(n_images, n_tags)`` for calibrating on photos labelled in another vocabulary.
+
+        Each photo's words are matched to keywords (:meth:`resolve`: the keyword itself or a synonym); a matched
+        keyword marks its column and its parents' columns (a photo labelled "tiger" is a positive for "big cat",
+        "mammal" and "animal" too). Words the mapping lacks mark nothing.
+        """
+        column = {tag: j for j, tag in enumerate(tag_names)}
+        targets = np.zeros((len(words), len(tag_names)), dtype=np.float32)
+        for i, photo_words in enumerate(words):
+            for word in photo_words:
+                keyword = self.resolve(word)
+                if keyword is None:
+                    continue
+                for name in (keyword, *self.ancestors(keyword)):
+                    if name in column:
+                        targets[i, column[name]] = 1
+        return targets
+
     def membership(self, tag_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Which classes make up each tag of a vocabulary.
 

@@ -86,30 +86,35 @@ def logit(p: np.ndarray) -> np.ndarray:
 def fit_platt(
     x: np.ndarray, y: np.ndarray, *, iterations: int = 50, ridge: float = 1e-3
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Platt's sigmoid per column by Newton's method: ``(a, b)`` ``(k,)`` minimising the cross-entropy of
-    ``sigmoid(a x + b)`` against Platt's smoothed targets ((N₊+1)/(N₊+2) for positives, 1/(N₋+2) for negatives).
+    """Platt's sigmoid per column: ``(a, b)`` ``(k,)`` minimising the cross-entropy of ``sigmoid(a x + b)`` against
+    Platt's smoothed targets ((N₊+1)/(N₊+2) for positives, 1/(N₋+2) for negatives), plus ``ridge``·(a-1)².
+
+    Each column is a 2-parameter convex problem, solved by L-BFGS-B (scipy) from a = 1, b = 0.
 
     Args:
         x: ``(n, k)`` scores (here logits of raw tag scores). y: ``(n, k)`` 0/1.
     """
+    from scipy.optimize import minimize
+
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n_pos = y.sum(axis=0)
     soft = np.where(y > 0, (n_pos + 1) / (n_pos + 2), 1.0 / (len(y) - n_pos + 2))
     a = np.ones(x.shape[1])
     b = np.zeros(x.shape[1])
-    for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-np.clip(a * x + b, -50, 50)))
-        r = p - soft
-        w = p * (1 - p) + 1e-12
-        g_a, g_b = (r * x).sum(0) + ridge * (a - 1), r.sum(0)
-        h_aa, h_ab, h_bb = (w * x * x).sum(0) + ridge, (w * x).sum(0), w.sum(0) + 1e-9
-        det = h_aa * h_bb - h_ab**2
-        step_a = (h_bb * g_a - h_ab * g_b) / det
-        step_b = (h_aa * g_b - h_ab * g_a) / det
-        a, b = a - step_a, b - step_b
-        if max(np.abs(step_a).max(), np.abs(step_b).max()) < 1e-8:
-            break
+    for j in range(x.shape[1]):
+        xj, tj = x[:, j], soft[:, j]
+
+        def loss(params: np.ndarray, xj: np.ndarray = xj, tj: np.ndarray = tj) -> tuple[float, np.ndarray]:
+            z = params[0] * xj + params[1]
+            # cross-entropy with logits, stable: log(1 + e^z) - t z
+            value = np.logaddexp(0.0, z) - tj * z
+            r = 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500))) - tj
+            grad = np.array([(r * xj).sum() + 2 * ridge * (params[0] - 1), r.sum()])
+            return float(value.sum() + ridge * (params[0] - 1) ** 2), grad
+
+        result = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", options={"maxiter": iterations})
+        a[j], b[j] = result.x
     return a, b
 
 
@@ -201,6 +206,7 @@ class ImageNetTagger(TaggingMethod):
         cfg = self.config
         k = raw.shape[1]
         self.platt_a_, self.platt_b_ = np.ones(k), np.zeros(k)
+        self.own_calibration_ = np.zeros(k, dtype=bool)  # tags with their own Platt pair
         if cfg.calibration == "none":
             return
         x = logit(raw)
@@ -208,12 +214,19 @@ class ImageNetTagger(TaggingMethod):
         if labelled.any():
             a, b = fit_platt(x[:, labelled].reshape(-1, 1), y[:, labelled].reshape(-1, 1), iterations=cfg.platt_iter)
             self.platt_a_[:], self.platt_b_[:] = a[0], b[0]
+        own = np.zeros(k, dtype=bool)
         if cfg.calibration == "per_tag":
             own = self.mapped_ & (y.sum(axis=0) >= cfg.min_positives)
             if own.any():
                 a, b = fit_platt(x[:, own], y[:, own], iterations=cfg.platt_iter)
-                self.platt_a_[own], self.platt_b_[own] = a, b
-        self.n_calibrated_ = int((self.mapped_ & (y.sum(axis=0) >= cfg.min_positives)).sum())
+                # A tag whose score does not rise with its probability (slope <= 0: the fit data's labels for it
+                # are mostly photos ImageNet has no class for, e.g. Corel's "water") keeps the global pair:
+                # a falling sigmoid would rank every photo the wrong way round.
+                usable = np.isfinite(a) & np.isfinite(b) & (a > 0)
+                columns = np.flatnonzero(own)[usable]
+                self.platt_a_[columns], self.platt_b_[columns] = a[usable], b[usable]
+                own[np.flatnonzero(own)[~usable]] = False
+        self.own_calibration_ = own
 
     # --- score --------------------------------------------------------------------------------------------------
     def _raw(self, inputs: Mapping[str, Any]) -> np.ndarray:
@@ -239,6 +252,7 @@ class ImageNetTagger(TaggingMethod):
             "mapped": self.mapped_.astype(np.uint8),
             "platt_a": self.platt_a_,
             "platt_b": self.platt_b_,
+            "own_calibration": self.own_calibration_.astype(np.uint8),
         }
         for name, (weight, bias) in self.classifiers_.items():
             arrays[f"classifier.{name}.weight"] = weight
@@ -252,6 +266,7 @@ class ImageNetTagger(TaggingMethod):
         self.mapped_ = np.asarray(arrays["mapped"]).astype(bool)
         self.platt_a_ = np.asarray(arrays["platt_a"], dtype=np.float64)
         self.platt_b_ = np.asarray(arrays["platt_b"], dtype=np.float64)
+        self.own_calibration_ = np.asarray(arrays["own_calibration"]).astype(bool)
         self.classifiers_ = {
             name: (np.asarray(arrays[f"classifier.{name}.weight"]), np.asarray(arrays[f"classifier.{name}.bias"]))
             for name in meta["backbones"]
