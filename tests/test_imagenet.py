@@ -147,3 +147,9 @@ def test_calibration_is_fitted_per_tag_and_globally(example_features, mapping):
         create_method("imagenet", calibration="isotonic").fit(
             {"backbone_features": features}, targets, tag_names=tags, progress=False
         )
+
+
+def test_targets_from_words_mark_keywords_and_their_parents(mapping):
+    tags = ["tiger", "big cat", "mammal", "animal", "airplane", "sky"]
+    targets = mapping.targets_from_words([["tiger", "grass"], ["plane"], ["sky"]], tags)
+    assert targets.tolist() == [[1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0]]
