@@ -296,3 +296,41 @@ def test_a_failing_model_gives_a_json_500_and_the_server_keeps_serving(photos):
             status, body, _ = post_files(f"{url}/v1/tag", [upload(photos[0])])
             assert status == 500 and body["error"] == "internal_error"
         assert request(f"{url}/healthz")[1]["status"] == "ok"
+
+
+def test_lang_translates_answers_and_unknown_languages_are_422(server, photos, default_model):
+    from phototag.languages import translate_tag
+
+    url, _ = server
+    status, english, _ = post_files(f"{url}/v1/tag?top_k=5", [upload(photos[0])])
+    assert status == 200
+    status, german, _ = post_files(f"{url}/v1/tag?top_k=5&lang=de", [upload(photos[0])])
+    assert status == 200
+    assert [t["tag"] for t in german[0]["tags"]] == [translate_tag(t["tag"], "de") for t in english[0]["tags"]]
+    assert [t["score"] for t in german[0]["tags"]] == [t["score"] for t in english[0]["tags"]]
+    status, body, _ = post_files(f"{url}/v1/tag?lang=xx", [upload(photos[0])])
+    assert (
+        status == 422 and body["error"] == "unknown_language" and "Supported languages: en (English)" in body["detail"]
+    )
+    status, body, _ = request(f"{url}/v1/languages")
+    assert status == 200 and {"en", "de", "ja"} <= set(body["languages"]) and body["default"] == "en"
+    status, body, _ = request(f"{url}/v1/translations?lang=ja")
+    assert status == 200 and body["tags"]["sky"] == "空" and set(default_model.tags) <= set(body["tags"])
+
+
+def test_serve_with_rules_and_a_default_language(default_model, photos):
+    from phototag.rules import parse_rules
+
+    predictions, _ = default_model.predict(photos[:1], top_k=5)
+    first, *rest = [t["tag"] for t in predictions[0]["tags"]]
+    rules = parse_rules({"blocklist": [first], rest[0]: {"see": "renamed", "parents": ["parent"]}})
+    app = create_app(default_model, ServiceConfig(rules=rules, lang="fr"))
+    with running_server(app) as url:
+        status, body, _ = post_files(f"{url}/v1/tag?top_k=5&lang=en", [upload(photos[0])])
+        assert status == 200
+        got = [t["tag"] for t in body[0]["tags"]]
+        assert first not in got and "renamed" in got and "parent" in got and rest[0] not in got
+        status, french, _ = post_files(f"{url}/v1/tag?top_k=5", [upload(photos[0])])
+        assert status == 200 and "renamed" in [t["tag"] for t in french[0]["tags"]]  # not in the table: kept
+        status, config, _ = request(f"{url}/config.json")
+        assert config["lang"] == "fr" and "ja" in config["languages"]

@@ -26,7 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .feedback import FeedbackDecision, FeedbackStore, clean_user_tags
 from .images import ImageLoadError
+from .languages import UnknownLanguageError, check_language, supported_languages, translate_predictions, translate_tag
 from .model import TagModel
+from .rules import Rules, apply_rules, rule_labels
 from .service import (
     IMAGE_CONTENT_TYPES,
     WEB_DIR,
@@ -175,6 +177,8 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
     hosts = allowed_host_names(config)
     feedback = FeedbackStore(config.feedback_db) if config.feedback_db is not None else None
     started = time.time()
+    rules = config.rules if config.rules is not None else Rules()
+    check_language(config.lang)  # a bad server default fails at start, not on every request
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -438,7 +442,11 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
             float | None,
             Query(ge=0.0, le=1.0, allow_inf_nan=False, description="keep tags scoring at least this (default 0.3)"),
         ] = None,
+        lang: Annotated[
+            str | None, Query(description="keywords in this language (en, de, fr, es, it, nl, ja; GET /v1/languages)")
+        ] = None,
     ):
+        lang = checked_language(lang)
         if len(files) > config.max_files:
             raise ServiceError(
                 413, "too_many_files", f"Got {len(files)} images; the limit is {config.max_files} per request."
@@ -484,11 +492,30 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
             threshold=threshold,
             balanced=balanced,
         )
+        formatted = translate_predictions(apply_rules(formatted, rules), lang)
         by_index = dict(zip(ok, formatted, strict=True))
         return [
             by_index.get(i) or {"image": e.name, "error": e.error.code, "detail": e.error.detail}
             for i, e in enumerate(entries)
         ]
+
+    def checked_language(lang: str | None) -> str:
+        try:
+            return check_language(lang if lang is not None else config.lang)
+        except UnknownLanguageError as err:
+            raise ServiceError(422, "unknown_language", str(err)) from None
+
+    @app.get("/v1/languages", summary="Languages keywords can be given in (?lang= of POST /v1/tag)")
+    async def languages() -> dict[str, Any]:
+        return {"languages": supported_languages(), "default": config.lang}
+
+    @app.get("/v1/translations", summary="The model's tags in a language: {tag: translated tag}")
+    async def tag_translations(
+        lang: Annotated[str, Query(description="language code, e.g. de (GET /v1/languages)")],
+    ) -> dict[str, Any]:
+        code = checked_language(lang)
+        names = list(dict.fromkeys([*model.tags, *rule_labels(rules)]))
+        return {"lang": code, "tags": {tag: translate_tag(tag, code) for tag in names}}
 
     @app.get("/v1/tags", summary="The model's vocabulary (the tags it can suggest), in score-column order")
     async def vocabulary() -> dict[str, Any]:
@@ -569,7 +596,13 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
 
     @app.get("/config.json", include_in_schema=False)
     async def page_config():
-        return {"needs_token": config.token is not None, "feedback": feedback is not None, "model": config.model_name}
+        return {
+            "needs_token": config.token is not None,
+            "feedback": feedback is not None,
+            "model": config.model_name,
+            "lang": config.lang,
+            "languages": supported_languages(),
+        }
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
