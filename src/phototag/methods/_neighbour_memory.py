@@ -27,7 +27,7 @@ class NeighbourMemory:
         self.bank = np.asarray(bank, np.float16)
         self.labels = sparse.csr_matrix(labels, dtype=np.float32)
         self._index: ExactIndex | None = None
-        self._word_indexes: list[tuple[np.ndarray, ExactIndex]] | None = None
+        self._members: list[np.ndarray] | None = None
 
     @classmethod
     def fit(
@@ -54,19 +54,15 @@ class NeighbourMemory:
             self._index.add(self.vectors())
         return self._index
 
-    def word_indexes(self) -> list[tuple[np.ndarray, ExactIndex]]:
-        """Per tag: (bank rows carrying it, an exact index over them), for 2PKNN's first pass."""
-        if self._word_indexes is None:
-            vectors = self.vectors()
+    def members_by_tag(self) -> list[np.ndarray]:
+        """Per tag, the bank rows carrying it (2PKNN's semantic groups)."""
+        if self._members is None:
             by_tag = self.labels.tocsc()
-            self._word_indexes = []
-            for t in range(self.n_tags):
-                members = by_tag.indices[by_tag.indptr[t] : by_tag.indptr[t + 1]].astype(np.int64)
-                members.sort()
-                index = ExactIndex(vectors.shape[1])
-                index.add(vectors[members])
-                self._word_indexes.append((members, index))
-        return self._word_indexes
+            self._members = [
+                np.sort(by_tag.indices[by_tag.indptr[t] : by_tag.indptr[t + 1]]).astype(np.int64)
+                for t in range(self.n_tags)
+            ]
+        return self._members
 
     def append(self, features: np.ndarray, targets: np.ndarray) -> None:
         """Add new images; ``targets`` may have more columns than before (new tags, 0 for the old images)."""
@@ -79,7 +75,7 @@ class NeighbourMemory:
         self.labels = sparse.vstack([old, sparse.csr_matrix(targets)], format="csr")
         self.bank = np.concatenate([self.bank, vectors])
         self._index = None
-        self._word_indexes = None
+        self._members = None
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {

@@ -65,7 +65,7 @@ def knn_neighbourhoods(
 
 
 def tag_neighbourhoods(
-    word_indexes: list[tuple[np.ndarray, ExactIndex]],
+    members_by_tag: list[np.ndarray],
     queries: np.ndarray,
     bank: np.ndarray,
     k1: int,
@@ -74,30 +74,37 @@ def tag_neighbourhoods(
     exclude: np.ndarray | None = None,
 ) -> Neighbourhoods:
     """2PKNN's first pass: for every tag, the ``k1`` nearest bank images carrying it; the union over tags (each
-    image once) is the query's neighbourhood. ``word_indexes[t]`` is (bank rows carrying tag ``t``, their index)."""
-    n_bank = len(bank)
+    image once) is the query's neighbourhood. ``members_by_tag[t]`` lists the bank rows carrying tag ``t``.
+
+    Exact: one block of query-bank inner products (a BLAS matrix product, the computation a flat index does),
+    from which each tag's ``k1`` best members are selected; ``exclude[i]`` is left out of query ``i``'s lists.
+    """
+    n_bank, n_q = len(bank), len(queries)
+    sims = queries @ bank.T
+    if exclude is not None:
+        sims[np.arange(n_q), exclude] = -np.inf
     keys, sims_all = [], []
-    for members, index in word_indexes:
+    for members in members_by_tag:
         if len(members) == 0:
             continue
-        sims, local = index.search(queries, k1 + (exclude is not None))
-        rows = members[local]
-        if exclude is not None:
-            keep = _first_k_not(rows, exclude, k1)
-            q = np.nonzero(keep)[0]
-            rows, sims = rows[keep], sims[keep]
+        block = sims[:, members]
+        if len(members) > k1:
+            local = np.argpartition(-block, k1 - 1, axis=1)[:, :k1]
+            block = np.take_along_axis(block, local, axis=1)
+            rows = members[local]
         else:
-            q = np.repeat(np.arange(len(queries)), rows.shape[1])
-            rows, sims = rows.ravel(), sims.ravel()
-        keys.append(q.astype(np.int64) * n_bank + rows)
-        sims_all.append(sims)
+            rows = np.broadcast_to(members, block.shape)
+        keep = np.isfinite(block)
+        q = np.nonzero(keep)[0]
+        keys.append(q.astype(np.int64) * n_bank + rows[keep])
+        sims_all.append(block[keep])
     key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
     sim = np.concatenate(sims_all) if sims_all else np.zeros(0, np.float32)
     key, first = np.unique(key, return_index=True)
     seg, rows = key // n_bank, key % n_bank
-    if len(np.unique(seg)) != len(queries):
-        raise ValueError("2pknn found no neighbours for some images: the training images carry no tags.")
-    return Neighbourhoods(len(queries), seg, rows, _distances(queries, bank, seg, rows, sim[first], blocks))
+    if len(np.unique(seg)) != n_q:
+        raise ValueError("2pknn found no neighbours for some images: the other training images carry no tags.")
+    return Neighbourhoods(n_q, seg, rows, _distances(queries, bank, seg, rows, sim[first], blocks))
 
 
 def _first_k_not(ids: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
@@ -173,6 +180,7 @@ class VoteLikelihood:
 
     def __post_init__(self):
         self.pairs = label_pairs(self.nb, self.labels)
+        self.flat = self.nb.seg[self.pairs[0]] * self.labels.shape[1] + self.pairs[1]
         y = np.asarray(self.targets, np.float64)
         n_pos = max(y.sum(), 1.0)
         n_neg = max(y.size - y.sum(), 1.0)
@@ -197,15 +205,17 @@ class VoteLikelihood:
             g_alpha = g_beta = None
         else:
             z = alpha * x + beta
-            loglik = -np.sum(c * (y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z)))
-            dz = c * (y - sigmoid(z))
+            softplus = np.logaddexp(0, z)
+            # y log p + (1 - y) log(1 - p) = y z - log(1 + e^z) for p = sigmoid(z)
+            loglik = np.sum(c * (y * z - softplus))
+            dz = c * (y - np.exp(z - softplus))
             gx = dz * alpha
             n = alpha.size
             loglik -= self.sigmoid_l2 * (np.sum((alpha - 1) ** 2) + np.sum(beta**2)) / n
             g_alpha = (dz * x).sum(axis=0) - 2 * self.sigmoid_l2 * (alpha - 1) / n
             g_beta = dz.sum(axis=0) - 2 * self.sigmoid_l2 * beta / n
-        entries, tags = self.pairs
-        g_pi = np.bincount(entries, weights=gx[self.nb.seg[entries], tags], minlength=len(pi))
+        entries = self.pairs[0]
+        g_pi = np.bincount(entries, weights=gx.ravel()[self.flat], minlength=len(pi))
         if self.mode == "distance":
             mean = np.bincount(self.nb.seg, weights=pi * g_pi, minlength=self.nb.n_queries)[self.nb.seg]
             g_s = pi * (g_pi - mean)

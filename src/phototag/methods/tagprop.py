@@ -14,8 +14,8 @@ Deviations from the paper, all documented in docs/knn_methods.md:
 
 - Optimisation: L-BFGS-B (scipy) instead of projected gradient; ``w >= 0`` is kept by bounds; rank weights are
   parametrised as ``gamma = softmax(theta)`` (so they stay positive and sum to 1) instead of being projected.
-- σML is fitted in three stages: the weights with the linear model, then the sigmoids with those weights fixed,
-  then both jointly (the paper alternates the two), with a small L2 penalty pulling ``alpha`` to 1 and ``beta``
+- σML is fitted in stages: the weights with the linear model, then the sigmoids with those weights fixed, then
+  ``alternations`` more rounds of each given the other (the paper alternates until convergence; 0 by default), with a small L2 penalty pulling ``alpha`` to 1 and ``beta``
   to 0 so tags with a handful of photos stay finite.
 - The likelihood is computed on at most ``fit_images`` training images (seeded sample; neighbours come from all
   of them), which keeps training time flat for large collections.
@@ -61,6 +61,7 @@ class TagPropConfig:
     balance: bool = True  # weight present tags by 1/n_pos and absent ones by 1/n_neg in the likelihood (paper)
     sigmoid_l2: float = 1e-4  # L2 penalty on the sigmoids (alpha - 1, beta), per tag
     max_iter: int = 100  # L-BFGS iterations per stage
+    alternations: int = 0  # σML: extra rounds of (weights given sigmoids, sigmoids given weights) after the first
     fit_images: int = 5000  # training images whose tags the likelihood is computed on (seeded sample when more)
     seed: int = 0  # seed of that sample
     chunk_size: int = 1024  # query images scored at once
@@ -116,7 +117,11 @@ class TagPropTagger(TaggingMethod):
             weights, alpha, beta = likelihood.fit(
                 weights, alpha, beta, fit_weights=False, fit_sigmoids=True, max_iter=cfg.max_iter
             )
-            weights, alpha, beta = likelihood.fit(weights, alpha, beta, fit_sigmoids=True, max_iter=cfg.max_iter)
+            for _ in range(cfg.alternations):
+                weights, alpha, beta = likelihood.fit(weights, alpha, beta, max_iter=cfg.max_iter)
+                weights, alpha, beta = likelihood.fit(
+                    weights, alpha, beta, fit_weights=False, fit_sigmoids=True, max_iter=cfg.max_iter
+                )
         self.weights_ = np.asarray(weights, np.float64)
         self.alpha_ = None if alpha is None else np.asarray(alpha, np.float64)
         self.beta_ = None if beta is None else np.asarray(beta, np.float64)
