@@ -51,8 +51,9 @@ WEIGHTINGS = ("distance", "rank")
 
 @dataclass
 class TagPropConfig:
-    k: int = 200  # neighbours that vote (the paper's K = 200 on Corel5k)
-    weighting: str = "distance"  # "distance": pi = softmax(-w·d), w learned per feature block; "rank": one per rank
+    # Defaults chosen on Corel5k validation photos with lite0 features (docs/knn_methods.md); the paper used K = 200.
+    k: int = 50  # neighbours that vote
+    weighting: str = "rank"  # "rank": a learned weight per neighbour rank; "distance": softmax(-w·d), w per block
     sigmoid: bool = True  # per-tag sigmoid modulation (σML); False = the linear model eps + (1 - 2 eps) x
     blocks: list[int] = field(default_factory=list)  # feature block sizes (e.g. one per backbone); [] = one block
     standardize: bool = True  # standardise each feature dimension (training mean/std) before L2 normalising

@@ -43,11 +43,12 @@ from .base import TaggingMethod, register_method
 
 @dataclass
 class TwoPassKNNConfig:
-    k1: int = 3  # images per tag in pass 1 (each tag's K1 nearest training images carrying it)
+    # Defaults chosen on Corel5k validation photos with lite0 features (docs/knn_methods.md).
+    k1: int = 5  # images per tag in pass 1 (each tag's K1 nearest training images carrying it)
     weight: float = 20.0  # w in exp(-w·d), d = 1 - cosine in [0, 2]; larger = the nearest images dominate
     metric_learning: bool = False  # learn a weight per feature block by maximum likelihood (2PKNN-ML, simplified)
     blocks: list[int] = field(default_factory=list)  # feature block sizes (e.g. one per backbone); [] = one block
-    standardize: bool = True  # standardise each feature dimension (training mean/std) before L2 normalising
+    standardize: bool = False  # standardise each feature dimension (training mean/std) before L2 normalising
     eps: float = 1e-5  # probability floor of the likelihood used by metric learning
     max_iter: int = 50  # L-BFGS iterations of metric learning
     fit_images: int = 2000  # training images whose tags metric learning fits (seeded sample when more)
