@@ -15,7 +15,8 @@ Deviations from the paper, all documented in docs/knn_methods.md:
 - Optimisation: L-BFGS-B (scipy) instead of projected gradient; ``w >= 0`` is kept by bounds; rank weights are
   parametrised as ``gamma = softmax(theta)`` (so they stay positive and sum to 1) instead of being projected.
 - σML is fitted in stages: the weights with the linear model, then the sigmoids with those weights fixed, then
-  ``alternations`` more rounds of each given the other (the paper alternates until convergence; 0 by default), with a small L2 penalty pulling ``alpha`` to 1 and ``beta``
+  ``alternations`` more rounds of each given the other (the paper alternates until convergence; 0 by default),
+  with a small L2 penalty pulling ``alpha`` to 1 and ``beta``
   to 0 so tags with a handful of photos stay finite.
 - The likelihood is computed on at most ``fit_images`` training images (seeded sample; neighbours come from all
   of them), which keeps training time flat for large collections.
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ._neighbour_memory import NeighbourMemory
+from ._neighbour_memory import NeighbourMemory, append_update
 from ._neighbour_vote import (
     VoteLikelihood,
     distance_weights,
@@ -132,19 +133,10 @@ class TagPropTagger(TaggingMethod):
 
     def update(self, inputs, targets, *, progress=True, tag_names=None):
         """Add the new images to the memory; new tags get the median learned sigmoid."""
-        self.check_fitted()
-        n = self.check_inputs(inputs)
-        targets = self.check_targets(targets, n)
-        if targets.shape[1] < self.n_tags_:
-            raise ValueError(
-                f"update targets must have at least the model's {self.n_tags_} tag columns. Got {targets.shape[1]}."
-            )
-        self.memory_.append(np.asarray(inputs["features"], np.float32), targets)
-        added = targets.shape[1] - self.n_tags_
+        added = append_update(self, inputs, targets)
         if self.alpha_ is not None and added:
             self.alpha_ = np.concatenate([self.alpha_, np.full(added, np.median(self.alpha_))])
             self.beta_ = np.concatenate([self.beta_, np.full(added, np.median(self.beta_))])
-        self.n_tags_ = targets.shape[1]
         return self
 
     def votes(self, features: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ._neighbour_memory import NeighbourMemory
+from ._neighbour_memory import NeighbourMemory, append_update
 from ._neighbour_vote import VoteLikelihood, distance_weights, label_pairs, tag_neighbourhoods, vote
 from .base import TaggingMethod, register_method
 
@@ -103,15 +103,7 @@ class TwoPassKNNTagger(TaggingMethod):
 
     def update(self, inputs, targets, *, progress=True, tag_names=None):
         """Add the new images to the memory and to the semantic neighbourhoods of their tags (new tags included)."""
-        self.check_fitted()
-        n = self.check_inputs(inputs)
-        targets = self.check_targets(targets, n)
-        if targets.shape[1] < self.n_tags_:
-            raise ValueError(
-                f"update targets must have at least the model's {self.n_tags_} tag columns. Got {targets.shape[1]}."
-            )
-        self.memory_.append(np.asarray(inputs["features"], np.float32), targets)
-        self.n_tags_ = targets.shape[1]
+        append_update(self, inputs, targets)
         return self
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
