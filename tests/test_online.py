@@ -29,10 +29,11 @@ DREL_SYNTHETIC = [
 
 
 def write_csv(photos: Path, out: Path, keep) -> Path:
-    """A CSV of the synthetic photos whose row passes ``keep`` (absolute file paths, so it can live anywhere)."""
+    """A CSV of the synthetic photos whose row passes ``keep``, written beside them (``import csv`` reads only files
+    in the CSV's folder or below); ``out`` names it, its folder keeps it apart from other tests' CSVs."""
     with open(photos / "photos.csv", newline="") as handle:
-        rows = [dict(r, file=str(photos / r["file"])) for r in csv.DictReader(handle) if keep(r)]
-    out.parent.mkdir(parents=True, exist_ok=True)
+        rows = [r for r in csv.DictReader(handle) if keep(r)]
+    out = photos / f"{out.parent.name}-{out.name}"
     with open(out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
