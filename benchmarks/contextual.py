@@ -101,7 +101,7 @@ def run_mirflickr(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in MIRFLICKR_CONFIGS}
     labels: list[str] = []
     for seed in args.seeds:
-        dataset = import_mirflickr(args.data / "mirflickr25k", seed=seed)
+        dataset = import_mirflickr(args.data / "mirflickr25k", seed=seed, layout="matrices")
         vocab = dataset.fit_vocab()
         labels = list(vocab.tags_)
         parts = {s: dataset.split(s) for s in ("train", "val", "test")}
