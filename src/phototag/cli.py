@@ -143,7 +143,16 @@ def load_config_file(path: str | None) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .pipeline import train
 
-    config = load_config_file(args.config)
+    config: dict[str, Any] = {}
+    if args.preset is not None:
+        from .presets import preset_config
+
+        if args.method is None:
+            raise CLIError(
+                "--preset needs --method (a preset belongs to one method; see `phototag methods --presets`)."
+            )
+        config.update(preset_config(args.method, args.preset))
+    config.update(load_config_file(args.config))
     config.update(parse_set_options(args.set or []))
     model = train(
         args.dataset,
@@ -293,6 +302,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import get_method_class, method_descriptions
 
+    if args.presets:
+        from .presets import list_presets
+
+        for method, presets in list_presets().items():
+            for name, citation in presets.items():
+                print(f"{method} --preset {name}: {citation}")
+        return EXIT_OK
     descriptions = method_descriptions()
     width = max(map(len, descriptions))
     for name, text in descriptions.items():
@@ -388,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backbone", default=None, help="timm model name for image features (default efficientnet_lite0, offline)"
     )
+    p.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="start from a named configuration of the method, e.g. 'paper' (see `phototag methods --presets`); "
+        "--config and --set override it",
+    )
     p.add_argument("--config", default=None, help="YAML file of method settings")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting (repeatable)")
     p.add_argument("--out", required=True, help="model directory to write")
@@ -437,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("methods", help="list the registered tagging methods")
+    p.add_argument("--presets", action="store_true", help="list the methods' named configurations (--preset)")
     p.set_defaults(func=cmd_methods)
     _register_command_modules(sub)
     return parser
