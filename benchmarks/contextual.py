@@ -175,6 +175,7 @@ def run_mirflickr_photos(args: argparse.Namespace) -> dict[str, Any]:
     from phototag.importers import import_mirflickr
 
     configs = {name: {"mode": mode} for name, mode in PHOTO_MODES.items()}
+    configs["image + tags, image_dropout 0.8"] = {"mode": "image+tags", "image_dropout": 0.8}
     configs.update({f"{name}, --preset paper": {**preset_config("contextual", "paper"), "mode": mode}
                     for name, mode in PHOTO_MODES.items()})  # fmt: skip
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ["most_likely", *configs]}

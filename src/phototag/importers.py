@@ -324,7 +324,7 @@ def refinement_paper_tags(
         >>> refinement_paper_tags(["Dogs", "nikond80", "clouds", "2007"], aliases={"cloud": "clouds"})
         ['dog', 'clouds']
     """
-    from .vocab import is_english_word, normalize_tag
+    from .vocab import is_english_word
 
     out: list[str] = []
     for raw in tags:
