@@ -217,10 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         "paper": PAPER,
         "table2": table2(args, x, g, tags, truth, labels),
     }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")  # Table 2 is kept even if Table 4 is interrupted
     if not args.skip_table4:
         result["table4"] = table4(args, x, g, tags, truth, labels, result["table2"]["repeats"][0]["searched"])
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
 
