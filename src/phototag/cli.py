@@ -133,8 +133,21 @@ def cmd_import(args: argparse.Namespace) -> int:
         "tag_limit": args.tag_limit,
         "lemmatize": args.lemmatize or None,
     }
+    if args.clean == "paper-cnn":
+        # The VGG16-tagger paper: no tag with a digit, no camera brand inside a tag, only tags on > 100 photos.
+        settings.update(drop_with_digits=True, camera_substrings=True)
+        settings["min_count"] = settings["min_count"] or 101
+    options = {"targets": args.targets, "layout": args.layout, "max_images": args.max_images}
+    if args.kind != "mirflickr":
+        given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None]
+        if given:
+            raise CLIError(f"{', '.join(given)} apply to 'phototag import mirflickr' only.")
     dataset = run_importer(
-        args.kind, args.src, args.out, vocab_settings={k: v for k, v in settings.items() if v is not None}
+        args.kind,
+        args.src,
+        args.out,
+        vocab_settings={k: v for k, v in settings.items() if v is not None},
+        options={k: v for k, v in options.items() if v is not None},
     )
     summary = dataset.summary()
     print(f"Wrote dataset '{dataset.name}' to {args.out}: {json.dumps(summary)}")
@@ -178,7 +191,16 @@ def load_config_file(path: str | None) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .pipeline import train
 
-    config = load_config_file(args.config)
+    config: dict[str, Any] = {}
+    if args.preset is not None:
+        from .presets import preset_config
+
+        if args.method is None:
+            raise CLIError(
+                "--preset needs --method (a preset belongs to one method; see `phototag methods --presets`)."
+            )
+        config.update(preset_config(args.method, args.preset))
+    config.update(load_config_file(args.config))
     config.update(parse_set_options(args.set or []))
     model = train(
         args.dataset,
@@ -318,6 +340,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         balanced=args.balanced,
         options=run_options(args),
+        against=args.against,
     )
     width = max(len(k) for k in result)
     for key, value in result.items():
@@ -331,6 +354,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import get_method_class, method_descriptions
 
+    if args.presets:
+        from .presets import list_presets
+
+        for method, presets in list_presets().items():
+            for name, citation in presets.items():
+                print(f"{method} --preset {name}: {citation}")
+        return EXIT_OK
     descriptions = method_descriptions()
     width = max(map(len, descriptions))
     for name, text in descriptions.items():
@@ -435,6 +465,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-vocab", type=int, default=None, help="keep the N most frequent tags")
     p.add_argument("--tag-limit", type=int, default=None, help="use only the first N tags of each image")
     p.add_argument("--lemmatize", action="store_true", help="lemmatise tags (walking -> walk; extra 'lemma')")
+    p.add_argument(
+        "--clean",
+        choices=("default", "paper-cnn"),
+        default="default",
+        help="tag cleaning: default (number-only and camera tags dropped) or paper-cnn (the VGG16-tagger paper: "
+        "no tag with a digit or a camera brand inside, tags on more than 100 photos)",
+    )
+    p.add_argument(
+        "--targets",
+        choices=("user-tags", "labels", "labels-r1"),
+        default=None,
+        help="mirflickr: what a model learns: user tags after the refinement paper's preprocessing (default), the "
+        "24 potential labels, or the 14 relevant ones",
+    )
+    p.add_argument(
+        "--layout",
+        choices=("auto", "photos", "matrices"),
+        default=None,
+        help="mirflickr: the photo layout (imN.jpg, meta/tags, label lists) or the tag-matrix .mat files (default: "
+        "photos when there)",
+    )
+    p.add_argument("--max-images", type=int, default=None, help="mirflickr: import only the first N photos")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("train", help="train a tagger on a dataset directory")
@@ -444,6 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backbone", default=None, help="timm model name for image features (default efficientnet_lite0, offline)"
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="start from a named configuration of the method, e.g. 'paper' (see `phototag methods --presets`); "
+        "--config and --set override it",
     )
     p.add_argument("--config", default=None, help="YAML file of method settings")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting (repeatable)")
@@ -482,6 +541,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--k", type=int, default=5, help="tags per image for the per-tag protocol (Corel5k: 5)")
+    p.add_argument(
+        "--against",
+        choices=("labels", "labels-r1"),
+        default=None,
+        help="score on the dataset's label lists (MIRFLICKR: 24 potential / 14 relevant), each label by the "
+        "model's tag of the same name",
+    )
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     add_run_options(p)
     p.add_argument("--combiner", default=None, help="ensemble models: average, vote, union, intersection or stacker")
@@ -489,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("methods", help="list the registered tagging methods")
+    p.add_argument("--presets", action="store_true", help="list the methods' named configurations (--preset)")
     p.set_defaults(func=cmd_methods)
     _register_command_modules(sub)
     # Global options work after the command too (`phototag tag x.jpg -q`); SUPPRESS keeps a value given before it.
