@@ -351,6 +351,7 @@ def predict_on_ray(
         ``(predictions, failures)`` as :meth:`~phototag.model.TagModel.predict` returns them (predictions empty
         when writing to ``out``; failures then include those of parts finished by an earlier run).
     """
+    require_ray()
     options = options or RunOptions()
     cluster = cluster or ClusterOptions()
     model.rank_offset(balanced)  # a bad balanced=True fails before any work
@@ -390,7 +391,7 @@ def write_parts(
     part ``k`` holding photos ``k*part_size ...`` in input order.
 
     Each part is written atomically as soon as all its photos are scored, and parts already in ``out`` (from an
-    interrupted run with the same photos, model and rule: ``OUT/run.json``) are not computed again.
+    interrupted run with the same photos, model and rule: ``OUT/_run.json``) are not computed again.
 
     Returns:
         ``(path, reason)`` of every unreadable photo, in input order (also those of earlier runs' parts).
@@ -409,7 +410,7 @@ def write_parts(
         "rule": rule,
         "user_tags": None if user_tags is None else list(user_tags),
     }
-    run_file = out / "run.json"
+    run_file = out / "_run.json"  # "_": Parquet readers skip it, so OUT reads as one dataset
     if run_file.is_file():
         previous = json.loads(run_file.read_text())
         if previous != manifest:
@@ -418,7 +419,7 @@ def write_parts(
                 "--out folder, or delete it to start again."
             )
     elif out.exists() and any(out.iterdir()):
-        raise ValueError(f"'{out}' is not empty and holds no phototag run (run.json); give an empty or new folder.")
+        raise ValueError(f"'{out}' is not empty and holds no phototag run (_run.json); give an empty or new folder.")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_file, json.dumps(manifest, indent=2))
     size = cluster.part_size
@@ -505,6 +506,7 @@ def extract_features_on_ray(
 
     Training on the same photos then reads every feature from the stores and runs no backbone.
     """
+    require_ray()
     options = options or RunOptions()
     cluster = cluster or ClusterOptions()
     by_key = {store.key: store for store in stores}
