@@ -250,6 +250,12 @@ def test_features_on_the_cluster_fill_the_store_train_reads(cluster, synthetic_d
     assert model.info["validation"]["map"] > 0.9  # real features of the photos, not zeros
 
 
+def test_actor_pools_that_leave_no_cpu_for_decoding_are_refused(cluster, photos):
+    run = _cli(["tag", *photos[:2], "--engine", "ray", "--ray-address", cluster.address, "--ray-actors", "2"])
+    assert run.returncode == 2
+    assert "need 8 CPUs; the cluster has 2. Lower --ray-actors or --ray-cpus, or add nodes." in run.stderr
+
+
 def test_parquet_run_survives_losing_the_worker_node_and_resumes(cluster, photos, local_run, tmp_path):
     """Runs last: it leaves the cluster without its worker node."""
     out = tmp_path / "tags"

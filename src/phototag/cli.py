@@ -243,61 +243,40 @@ def find_image_paths(paths: Sequence[str]) -> list[Path]:
 def _predict_and_print(model, args: argparse.Namespace) -> int:
     from .images import describe_failures
 
-    if getattr(args, "engine", "local") == "ray":
-        return _predict_on_ray_and_print(model, args)
-    if getattr(args, "out", None) is not None:
+    on_ray = getattr(args, "engine", "local") == "ray"
+    out = getattr(args, "out", None)
+    if out is not None and not on_ray:
         raise CLIError("--out DIR (Parquet parts) goes with --engine ray; use --output FILE for one file.")
     if getattr(args, "input", None) is not None:
+        if on_ray:
+            raise CLIError("--input CSV is read by the local engine only; give PATHs with --engine ray.")
         return _predict_batch_and_print(model, args)
     if not args.paths:
         raise CLIError("Give image files or folders to tag, or --input CSV (columns file,user_tags).")
-    paths = find_image_paths(args.paths)
-    user_tags = None
-    if getattr(args, "user_tags", None) is not None:
-        user_tags = [args.user_tags.split()] * len(paths)
-    predictions, failures = model.predict(
-        paths,
-        top_k=args.top_k,
-        threshold=args.threshold,
-        balanced=args.balanced,
-        user_tags=user_tags,
-        options=run_options(args),
-    )
-    write_output(format_predictions(predictions, args.format), args.output)
-    if failures:
-        print(describe_failures(failures, limit=50), file=sys.stderr)
-        return EXIT_PARTIAL
-    return EXIT_OK
-
-
-def _predict_on_ray_and_print(model, args: argparse.Namespace) -> int:
-    """``--engine ray``: the same output as the local engine, computed on a Ray cluster (or Parquet parts)."""
-    from .distributed import predict_on_ray
-    from .images import describe_failures
-
-    if getattr(args, "input", None) is not None:
-        raise CLIError("--input CSV is read by the local engine only; give PATHs with --engine ray.")
-    if not args.paths:
-        raise CLIError("Give image files or folders to tag.")
-    if args.out is not None and args.output is not None:
+    if out is not None and args.output is not None:
         raise CLIError("Give --out DIR (Parquet parts) or --output FILE, not both.")
     paths = find_image_paths(args.paths)
-    user_tags = args.user_tags.split() if getattr(args, "user_tags", None) is not None else None
-    predictions, failures = predict_on_ray(
-        model,
-        paths,
-        top_k=args.top_k,
-        threshold=args.threshold,
-        balanced=args.balanced,
-        user_tags=user_tags,
-        options=run_options(args),
-        cluster=cluster_options(args),
-        out=args.out,
-    )
-    if args.out is None:
+    given_tags = args.user_tags.split() if getattr(args, "user_tags", None) is not None else None
+    decision = {"top_k": args.top_k, "threshold": args.threshold, "balanced": args.balanced}
+    if on_ray:
+        from .distributed import predict_on_ray
+
+        predictions, failures = predict_on_ray(
+            model,
+            paths,
+            **decision,
+            user_tags=given_tags,
+            options=run_options(args),
+            cluster=cluster_options(args),
+            out=out,
+        )
+    else:
+        user_tags = None if given_tags is None else [given_tags] * len(paths)
+        predictions, failures = model.predict(paths, **decision, user_tags=user_tags, options=run_options(args))
+    if out is None:
         write_output(format_predictions(predictions, args.format), args.output)
     else:
-        print(f"Tagged {len(paths) - len(failures)} of {len(paths)} photos into Parquet parts in {args.out}")
+        print(f"Tagged {len(paths) - len(failures)} of {len(paths)} photos into Parquet parts in {out}")
     if failures:
         print(describe_failures(failures, limit=50), file=sys.stderr)
         return EXIT_PARTIAL

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 #: Photos per decode task (a Ray Data block) and per Parquet part of ``--out``.
 DECODE_BATCH = 16
 PART_SIZE = 10_000
+#: Memory one decode task reserves on its node (bytes).
+DECODE_MEMORY = 256 * 2**20
 
 
 def require_ray():
@@ -230,10 +232,22 @@ def _feature_pipeline(
     *,
     stores: dict[str, str] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    extra_actors: int = 0,
 ):
-    """The Ray Dataset of ``(index, path)`` rows through decoding and every backbone's actor pool."""
+    """The Ray Dataset of ``(index, path)`` rows through decoding and every backbone's actor pool (``extra_actors``:
+    actors the caller adds after it, counted when checking that fixed pools leave CPUs for decoding)."""
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0)) if options.device != "cpu" else 0.0
+    if cluster.actors and not gpus:
+        # Fixed pools that take every CPU would leave none for decoding: the run would wait forever.
+        needed = cluster.cpus * (cluster.actors * len(specs) + extra_actors + 1)
+        have = float(resources.get("CPU", 0))
+        if needed > have + 1e-9:
+            raise ValueError(
+                f"{cluster.actors} actor(s) for each of {len(specs)} backbone(s) at {cluster.cpus:g} CPU each, plus "
+                f"{extra_actors} scoring actor and one decode task, need {needed:g} CPUs; the cluster has {have:g}. "
+                "Lower --ray-actors or --ray-cpus, or add nodes."
+            )
     dataset = ray.data.from_items(
         [{"index": i, "path": p} for i, p in paths], override_num_blocks=max(1, math.ceil(len(paths) / DECODE_BATCH))
     )
@@ -243,6 +257,9 @@ def _feature_pipeline(
         batch_format="numpy",
         fn_kwargs={"specs": specs, "max_pixels": max_pixels, "stores": stores},
         num_cpus=cluster.cpus,  # pure and idempotent: Ray reruns it freely after a lost worker (task retries)
+        # The memory a decode task holds (a decoded photo up to the pixel guard, its batch's pixels); reserving it
+        # also keeps Ray Data from fusing decoding into the first backbone's actors, so decoding scales on its own.
+        memory=DECODE_MEMORY,
     )
     threads = max(1, int(round(cluster.cpus)))
     for key, spec in specs.items():
@@ -296,7 +313,7 @@ def _scored_batches(
     specs = {key: store.spec for key, store in stores.items()}
     graphs = _graphs(stores, options, model.graph_folders())
     with _Connection(cluster, options.progress) as ray:
-        dataset = _feature_pipeline(ray, items, specs, graphs, options, cluster)
+        dataset = _feature_pipeline(ray, items, specs, graphs, options, cluster, extra_actors=1)
         dataset = dataset.map_batches(
             _ScoringActor,
             batch_size=options.batch_size,
