@@ -190,11 +190,11 @@ def _ray_args(cluster: LocalCluster) -> list[str]:
     return ["--engine", "ray", "--ray-address", cluster.address, "--ray-cpus", RAY_CPUS, "--ray-actors", "1"]
 
 
-def _assert_same(ray_out: str, local_out: str) -> None:
+def _assert_same(ray_out: str, local_out: str, n: int = N_PHOTOS) -> None:
     ray_rows = [json.loads(line) for line in ray_out.splitlines()]
     local_rows = [json.loads(line) for line in local_out.splitlines()]
     assert [r["image"] for r in ray_rows] == [r["image"] for r in local_rows]
-    assert len(ray_rows) == N_PHOTOS
+    assert len(ray_rows) == n
     for ours, theirs in zip(ray_rows, local_rows, strict=True):
         assert [t["tag"] for t in ours["tags"]] == [t["tag"] for t in theirs["tags"]], ours["image"]
         for a, b in zip(ours["tags"], theirs["tags"], strict=True):
@@ -230,7 +230,9 @@ def _assert_parts_match(out: Path, photos: list[str], local_out: str) -> None:
         assert max(abs(a - t["score"]) for a, t in zip(scores, local[image]["tags"], strict=True)) <= 1e-3
 
 
-def test_features_on_the_cluster_fill_the_store_train_reads(cluster, synthetic_dataset, tmp_path, monkeypatch):
+def test_features_on_the_cluster_feed_train_and_predict_runs_on_the_cluster(
+    cluster, synthetic_photos, synthetic_dataset, tmp_path, monkeypatch
+):
     from phototag.features import FeatureStore
     from phototag.pipeline import train
 
@@ -245,9 +247,19 @@ def test_features_on_the_cluster_fill_the_store_train_reads(cluster, synthetic_d
         raise AssertionError("training ran the backbone although the feature store holds every photo")
 
     monkeypatch.setattr(FeatureStore, "_embed", no_backbone)
-    model = train(synthetic_dataset, method="knn", cache_dir=cache, progress=False)
+    model = train(synthetic_dataset, method="knn", cache_dir=cache, progress=False, out=tmp_path / "knn")
     assert model.info["n_train"] == 48
     assert model.info["validation"]["map"] > 0.9  # real features of the photos, not zeros
+    monkeypatch.undo()
+
+    # predict MODEL --engine ray with a one-backbone model: the same tags as the local engine.
+    test_photos = sorted(str(p) for p in (synthetic_photos / "img" / "test").iterdir())
+    assert len(test_photos) == 12
+    args = ["predict", str(tmp_path / "knn"), *test_photos, "--top-k", "2", "--format", "jsonl"]
+    local = _cli([*args, "--cache-dir", str(tmp_path / "fresh")])
+    on_ray = _cli([*args, *_ray_args(cluster)])
+    assert local.returncode == on_ray.returncode == 0, on_ray.stderr[-3000:]
+    _assert_same(on_ray.stdout, local.stdout, n=12)
 
 
 def test_actor_pools_that_leave_no_cpu_for_decoding_are_refused(cluster, photos):
