@@ -75,6 +75,51 @@ def add_run_options(parser: argparse.ArgumentParser, *, cache: bool = True) -> N
         group.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/phototag)")
 
 
+def add_engine_options(parser: argparse.ArgumentParser, *, parts: bool = False) -> None:
+    """``--engine local|ray`` and the Ray cluster's settings (``--ray-address``, ``--ray-actors``, ``--ray-cpus``;
+    with ``parts``: ``--out DIR`` of Parquet parts)."""
+    group = parser.add_argument_group("engine (see docs/cluster.md)")
+    group.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help='local: this process (default); ray: a Ray cluster (pip install "phototag[ray]")',
+    )
+    group.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster HOST:PORT (default $RAY_ADDRESS, else a Ray instance on this machine)",
+    )
+    group.add_argument(
+        "--ray-actors", type=int, default=None, metavar="N", help="backbone actors per backbone (default autoscale)"
+    )
+    group.add_argument(
+        "--ray-cpus", type=float, default=None, metavar="C", help="CPUs per Ray decode task and actor (default 1)"
+    )
+    if parts:
+        group.add_argument(
+            "--out",
+            default=None,
+            metavar="DIR",
+            help="--engine ray: write Parquet parts (image, tags, scores, model) here; a rerun resumes",
+        )
+        group.add_argument("--part-size", type=int, default=None, help="photos per Parquet part (default 10000)")
+
+
+def cluster_options(args: argparse.Namespace):
+    """The :class:`~phototag.distributed.ClusterOptions` of a command's ``--ray-*`` flags."""
+    from .distributed import ClusterOptions
+
+    values = {
+        "address": getattr(args, "ray_address", None),
+        "actors": getattr(args, "ray_actors", None),
+        "cpus": getattr(args, "ray_cpus", None),
+        "part_size": getattr(args, "part_size", None),
+    }
+    return ClusterOptions(**{k: v for k, v in values.items() if v is not None})
+
+
 # --- output -----------------------------------------------------------------------------------------------------
 def format_predictions(predictions: list[dict[str, Any]], fmt: str) -> str:
     """Render predictions as ``table``, ``jsonl`` (one object per image) or ``csv`` (image,rank,tag,score)."""
@@ -244,24 +289,41 @@ def find_image_paths(paths: Sequence[str]) -> list[Path]:
 def _predict_and_print(model, args: argparse.Namespace) -> int:
     from .images import describe_failures
 
+    on_ray = getattr(args, "engine", "local") == "ray"
+    out = getattr(args, "out", None)
+    if out is not None and not on_ray:
+        raise CLIError("--out DIR (Parquet parts) goes with --engine ray; use --output FILE for one file.")
     if getattr(args, "input", None) is not None:
+        if on_ray:
+            raise CLIError("--input CSV is read by the local engine only; give PATHs with --engine ray.")
         return _predict_batch_and_print(model, args)
     if not args.paths:
         raise CLIError("Give image files or folders to tag, or --input CSV (columns file,user_tags).")
+    if out is not None and args.output is not None:
+        raise CLIError("Give --out DIR (Parquet parts) or --output FILE, not both.")
     paths = find_image_paths(args.paths)
-    user_tags = None
-    if getattr(args, "user_tags", None) is not None:
-        user_tags = [args.user_tags.split()] * len(paths)
-    predictions, failures = model.predict(
-        paths,
-        top_k=args.top_k,
-        threshold=args.threshold,
-        balanced=args.balanced,
-        user_tags=user_tags,
-        options=run_options(args),
-    )
-    predictions = finish_predictions(predictions, args)
-    write_output(format_predictions(predictions, args.format), args.output)
+    given_tags = args.user_tags.split() if getattr(args, "user_tags", None) is not None else None
+    decision = {"top_k": args.top_k, "threshold": args.threshold, "balanced": args.balanced}
+    if on_ray:
+        from .distributed import predict_on_ray
+
+        predictions, failures = predict_on_ray(
+            model,
+            paths,
+            **decision,
+            user_tags=given_tags,
+            options=run_options(args),
+            cluster=cluster_options(args),
+            out=out,
+        )
+    else:
+        user_tags = None if given_tags is None else [given_tags] * len(paths)
+        predictions, failures = model.predict(paths, **decision, user_tags=user_tags, options=run_options(args))
+    if out is None:
+        predictions = finish_predictions(predictions, args)
+        write_output(format_predictions(predictions, args.format), args.output)
+    else:
+        print(f"Tagged {len(paths) - len(failures)} of {len(paths)} photos into Parquet parts in {out}")
     if failures:
         print(describe_failures(failures, limit=50), file=sys.stderr)
         return EXIT_PARTIAL
@@ -322,6 +384,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
     if args.dry_run and not args.write:
         raise CLIError("--dry-run shows what --write would change; add --write xmp or --write embedded.")
     if args.write:
+        if args.engine == "ray":
+            raise CLIError("--write runs with the local engine only (it edits files on this machine).")
         from .commands.library import write_library_keywords
 
         return write_library_keywords(load_model(args.model), args)
@@ -521,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decision_options(p)
     p.add_argument("--combiner", default=None, help="ensemble models: average, vote, union, intersection or stacker")
     add_run_options(p)
+    add_engine_options(p, parts=True)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("tag", help="tag images with the default model shipped with phototag")
@@ -534,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_library_options(p, required=False)
     add_run_options(p)
+    add_engine_options(p, parts=True)
     p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("evaluate", help="all metrics of a model on a dataset split")
