@@ -1,18 +1,18 @@
-"""``phototag serve [MODEL_DIR]``: the HTTP API and web page (see :mod:`phototag.service`)."""
+"""``phototag serve [MODEL_DIR]``: the HTTP API and web page (see :mod:`phototag.serve`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..service import TOKEN_ENV, ServiceConfig
+from ..serve.config import TOKEN_ENV, ServiceConfig
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..cli import run_options
     from ..feedback import default_feedback_path
     from ..model import load_model
-    from ..service import model_label, read_token_file, serve
+    from ..serve import model_label, read_token_file, serve
 
     token = args.token
     if token is not None:
