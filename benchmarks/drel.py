@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from phototag.features import default_cache_dir
 
     dataset = heldout_dataset(args.data, args.work, seed=args.seed)
-    cache = args.cache_dir or default_cache_dir() / "features"
+    cache = args.cache_dir or default_cache_dir()
     x, y, train_idx, test_idx = load_features(dataset, cache)
     fit_rows, val_rows = train_val_rows(train_idx, args.seed)
     tags = list(dataset.vocab.tags_)

@@ -111,11 +111,11 @@ def clustered_features(n: int = 120, n_tags: int = 4, dim: int = 16, seed: int =
 
 @pytest.fixture(scope="session")
 def real_feature_cache() -> Path:
-    """Feature cache for the real datasets: the user cache (``$PHOTOTAG_CACHE`` or ~/.cache/phototag), so the
+    """Cache root for the real datasets: the user cache (``$PHOTOTAG_CACHE`` or ~/.cache/phototag), so the
     4,500 Corel5k photos are embedded once per machine, not once per test run."""
     from phototag.features import default_cache_dir
 
-    return default_cache_dir() / "features"
+    return default_cache_dir()
 
 
 @pytest.fixture(scope="session")

@@ -65,6 +65,7 @@ NOT_LEARNING = {
     "user_tags": "echoes the noisy user tags",
     "tag_cooccur": "tag co-occurrence only",
     "rpca": "low-rank structure of the tag matrix only",
+    "imagenet": "scores ImageNet concepts only; the synthetic tags t0..t3 are none of them",
 }
 
 #: Colours of the stripes that encode the task's tags in its images (tag j present = stripe j painted).
@@ -72,13 +73,18 @@ STRIPE_COLOURS = [(220, 30, 30), (30, 180, 40), (30, 60, 220), (230, 210, 30)]
 
 
 def make_inputs(
-    method: TaggingMethod, features: np.ndarray, targets: np.ndarray, images: list[str] | None = None
+    method: TaggingMethod,
+    features: np.ndarray,
+    targets: np.ndarray,
+    images: list[str] | None = None,
+    backbone_features: dict[str, np.ndarray] | None = None,
 ) -> dict:
     inputs: dict = {}
     if "features" in method.data_keys:
         inputs["features"] = features
     if "backbone_features" in method.data_keys:
-        inputs["backbone_features"] = {name: features for name in method.feature_backbones()}
+        source = next(iter(backbone_features.values())) if backbone_features else features
+        inputs["backbone_features"] = {name: source for name in method.feature_backbones()}
     if "images" in method.data_keys:
         inputs["images"] = images
     if "user_tags" in method.data_keys:
@@ -143,15 +149,33 @@ def test_config_fields_are_documented_dataclass(name):
     assert cls.description, f"{name} needs a one-line description"
 
 
+@pytest.fixture(scope="module")
+def task_backbone_features(task_images, backbone) -> tuple[dict, dict]:
+    """Real pooled Lite0 features of the task's images (train, test), for methods reading ``backbone_features``."""
+    from phototag.features import FeatureStore
+
+    store = FeatureStore(backbone, cache_dir=False)
+    train, test = (store.extract(paths, progress=False).features for paths in task_images)
+    return {backbone.spec.name: train}, {backbone.spec.name: test}
+
+
+def _first_images(inputs: dict, n: int) -> dict:
+    """The first ``n`` images of every input (per backbone for ``backbone_features``)."""
+    return {k: ({b: f[:n] for b, f in v.items()} if isinstance(v, dict) else v[:n]) for k, v in inputs.items()}
+
+
 @pytest.mark.parametrize("name", list_methods())
 def test_conformance(name, task, tmp_path, request):
     x_train, y_train, x_test, y_test = task
     method = create_method(name, FAST.get(name))
     images_train, images_test = request.getfixturevalue("task_images") if "images" in method.data_keys else (None, None)
+    bf_train, bf_test = (
+        request.getfixturevalue("task_backbone_features") if "backbone_features" in method.data_keys else (None, None)
+    )
     with pytest.raises(NotFittedError):
-        method.score(make_inputs(method, x_test, y_test, images_test))
-    train_inputs = make_inputs(method, x_train, y_train, images_train)
-    test_inputs = make_inputs(method, x_test, y_test, images_test)
+        method.score(make_inputs(method, x_test, y_test, images_test, bf_test))
+    train_inputs = make_inputs(method, x_train, y_train, images_train, bf_train)
+    test_inputs = make_inputs(method, x_test, y_test, images_test, bf_test)
     names = [f"t{j}" for j in range(y_train.shape[1])]
     fitted = method.fit(
         train_inputs, y_train, val_inputs=test_inputs, val_targets=y_test, progress=False, tag_names=names
@@ -162,7 +186,7 @@ def test_conformance(name, task, tmp_path, request):
     assert np.isfinite(scores).all()
     if name not in NOT_LEARNING:
         assert mean_average_precision(y_test, scores) > 0.9, "method failed to learn an easy synthetic task"
-    assert method.score({k: v[:0] for k, v in test_inputs.items()}).shape == (0, y_test.shape[1])
+    assert method.score(_first_images(test_inputs, 0)).shape == (0, y_test.shape[1])
 
     vocab = TagVocabulary().fit([[f"t{j}" for j in range(y_train.shape[1])]])
     TagModel(method, vocab).save(tmp_path / "model")
@@ -213,25 +237,15 @@ if "ensemble" not in IMAGE_METHODS:
     IMAGE_METHODS.append("ensemble")  # its inputs depend on its members (an instance attribute)
 
 
-@pytest.fixture(scope="module")
-def real_task_features(task_images, feature_cache):
-    """lite0 features of the task's photos, as the input layer computes them at predict time."""
-    from phototag.features import FeatureStore
-
-    store = FeatureStore("efficientnet_lite0", feature_cache)
-    train, test = (store.extract(paths, progress=False) for paths in task_images)
-    assert train.ok.all() and test.ok.all()
-    return train.features, test.features
-
-
 @pytest.mark.parametrize("name", IMAGE_METHODS)
-def test_unreadable_photos_get_no_tags(name, task, task_images, real_task_features, tmp_path):
+def test_unreadable_photos_get_no_tags(name, task, task_images, task_backbone_features, tmp_path):
     """Every method that reads photos, behind a model: an unreadable photo is reported and gets no scores."""
     from phototag.backbones import resolve_spec
 
     _, y_train, _, y_test = task
     method = create_method(name, FAST.get(name))
-    train_inputs = make_inputs(method, real_task_features[0], y_train, task_images[0])
+    real_train = next(iter(task_backbone_features[0].values()))  # lite0 features, as the input layer computes them
+    train_inputs = make_inputs(method, real_train, y_train, task_images[0], task_backbone_features[0])
     names = [f"t{j}" for j in range(y_train.shape[1])]
     method.fit(train_inputs, y_train, progress=False, tag_names=names)
     vocab = TagVocabulary().fit([names])

@@ -340,3 +340,42 @@ def test_model_identity_follows_the_model_files(tmp_path):
     other = create_method("knn").fit({"features": features + 1}, np.eye(6, 2))
     changed = model_identity(TagModel.load(TagModel(other, model.vocab).save(tmp_path / "three")))
     assert changed.id != first.id and changed.version != first.version
+
+
+def test_lang_translates_answers_and_unknown_languages_are_422(server, photos, default_model):
+    from phototag.languages import translate_tag
+
+    url, _ = server
+    status, english, _ = post_files(f"{url}/v1/tag?top_k=5", [upload(photos[0])])
+    assert status == 200
+    status, german, _ = post_files(f"{url}/v1/tag?top_k=5&lang=de", [upload(photos[0])])
+    assert status == 200
+    english, german = english["results"][0]["tags"], german["results"][0]["tags"]
+    assert [t["tag"] for t in german] == [translate_tag(t["tag"], "de") for t in english]
+    assert [t["score"] for t in german] == [t["score"] for t in english]
+    status, body, _ = post_files(f"{url}/v1/tag?lang=xx", [upload(photos[0])])
+    assert (
+        status == 422 and body["code"] == "unknown_language" and "Supported languages: en (English)" in body["detail"]
+    )
+    status, body, _ = request(f"{url}/v1/languages")
+    assert status == 200 and {"en", "de", "ja"} <= set(body["languages"]) and body["default"] == "en"
+    status, body, _ = request(f"{url}/v1/translations?lang=ja")
+    assert status == 200 and body["tags"]["sky"] == "空" and set(default_model.tags) <= set(body["tags"])
+
+
+def test_serve_with_rules_and_a_default_language(default_model, photos):
+    from phototag.rules import parse_rules
+
+    predictions, _ = default_model.predict(photos[:1], top_k=5)
+    first, *rest = [t["tag"] for t in predictions[0]["tags"]]
+    rules = parse_rules({"blocklist": [first], rest[0]: {"see": "renamed", "parents": ["parent"]}})
+    app = create_app(default_model, ServiceConfig(rules=rules, lang="fr"))
+    with running_server(app) as url:
+        status, body, _ = post_files(f"{url}/v1/tag?top_k=5&lang=en", [upload(photos[0])])
+        assert status == 200
+        got = [t["tag"] for t in body["results"][0]["tags"]]
+        assert first not in got and "renamed" in got and "parent" in got and rest[0] not in got
+        status, french, _ = post_files(f"{url}/v1/tag?top_k=5", [upload(photos[0])])
+        assert status == 200 and "renamed" in [t["tag"] for t in french["results"][0]["tags"]]  # not in the table: kept
+        status, config, _ = request(f"{url}/config.json")
+        assert config["lang"] == "fr" and "ja" in config["languages"]

@@ -108,6 +108,23 @@ def test_upload_see_tags_accept_and_store_feedback(browser, tmp_path):
         browser.find_element(By.ID, "copy").click()
         wait.until(lambda d: d.find_element(By.ID, "copied").text != "")
 
+        # Keywords in German: the names and hashtags change, the decisions stay (and stay English in the database).
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.support.ui import Select
+
+        from phototag.languages import translate_tag
+
+        Select(browser.find_element(By.ID, "lang")).select_by_value("de")
+        german = [translate_tag(t["tag"], "de") for t in expected]
+        redrawn = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
+        redrawn.until(
+            lambda d: [n.text for n in d.find_elements(By.CSS_SELECTOR, "article.photo .tag .name")] == german
+        )
+        rows = browser.find_elements(By.CSS_SELECTOR, "article.photo .tag")
+        assert "accepted" in rows[0].get_attribute("class") and "rejected" in rows[1].get_attribute("class")
+        hashtags = browser.find_element(By.ID, "hashtags").get_attribute("value")
+        assert hashtags == "#" + german[0].replace("-", "").replace(" ", "")
+
     with sqlite3.connect(db) as conn:
         decisions = conn.execute("SELECT tag, decision, model FROM decisions ORDER BY id").fetchall()
         stored = conn.execute("SELECT name, data FROM images").fetchall()

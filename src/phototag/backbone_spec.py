@@ -77,3 +77,16 @@ RESOLVED_OFFLINE: dict[str, dict[str, Any]] = {
 def is_resolved(spec: BackboneSpec) -> bool:
     """True when every preprocessing field of ``spec`` is filled in."""
     return None not in (spec.input_size, spec.mean, spec.std, spec.interpolation, spec.crop_pct)
+
+
+def as_spec(spec: BackboneSpec | str | None = None, **overrides: Any) -> BackboneSpec:
+    """A :class:`BackboneSpec` from a spec, a timm name or ``None`` (the default backbone), with ``overrides``
+    applied (``None`` values ignored) and the resize mode checked."""
+    if spec is None:
+        spec = BackboneSpec()
+    elif isinstance(spec, str):
+        spec = BackboneSpec(name=spec)
+    spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+    if spec.resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}. Got {spec.resize_mode!r} instead.")
+    return spec

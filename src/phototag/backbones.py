@@ -23,6 +23,7 @@ from .backbone_spec import (
     RESIZE_MODES,
     RESOLVED_OFFLINE,
     BackboneSpec,
+    as_spec,
     is_resolved,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "RESIZE_MODES",
     "RESOLVED_OFFLINE",
     "BackboneSpec",
+    "as_spec",
     "is_resolved",
     "resolve_spec",
 ]
@@ -47,13 +49,7 @@ def resolve_spec(spec: BackboneSpec | str | None = None, **overrides: Any) -> Ba
         >>> resolve_spec("efficientnet_lite1").input_size
         240
     """
-    if spec is None:
-        spec = BackboneSpec()
-    elif isinstance(spec, str):
-        spec = BackboneSpec(name=spec)
-    spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
-    if spec.resize_mode not in RESIZE_MODES:
-        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}. Got {spec.resize_mode!r} instead.")
+    spec = as_spec(spec, **overrides)
     if is_resolved(spec):
         return spec
     if spec.name in RESOLVED_OFFLINE and spec.weights in ("auto", "offline"):

@@ -95,6 +95,25 @@ def format_predictions(predictions: list[dict[str, Any]], fmt: str) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def resolved_rules(args: argparse.Namespace):
+    """The rules in force for a command: ``--rules``, ``$PHOTOTAG_RULES`` or the per-user file (resolved once)."""
+    from .rules import Rules, resolve_rules
+
+    rules = getattr(args, "rules", None)
+    if not isinstance(rules, Rules):
+        rules = resolve_rules(rules)
+        args.rules = rules
+    return rules
+
+
+def finish_predictions(predictions: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rules file (``--rules``, ``$PHOTOTAG_RULES`` or the per-user file), then ``--lang``, on the predictions."""
+    from .languages import translate_predictions
+    from .rules import apply_rules
+
+    return translate_predictions(apply_rules(predictions, resolved_rules(args)), getattr(args, "lang", None))
+
+
 def write_output(text: str, output: str | None) -> None:
     """Print, or write atomically to ``output`` (temp file + rename: never a half-written file)."""
     if output is None or output == "-":
@@ -219,6 +238,7 @@ def _predict_and_print(model, args: argparse.Namespace) -> int:
         user_tags=user_tags,
         options=run_options(args),
     )
+    predictions = finish_predictions(predictions, args)
     write_output(format_predictions(predictions, args.format), args.output)
     if failures:
         print(describe_failures(failures, limit=50), file=sys.stderr)
@@ -242,6 +262,7 @@ def _predict_batch_and_print(model, args: argparse.Namespace) -> int:
     predictions = model.format_predictions(
         names, scored.scores, top_k=args.top_k, threshold=args.threshold, balanced=args.balanced
     )
+    predictions = finish_predictions(predictions, args)
     write_output(format_predictions(predictions, args.format), args.output)
     if scored.failures:
         print(describe_failures(scored.failures, limit=50), file=sys.stderr)
@@ -329,6 +350,46 @@ def _add_balanced_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _rules_argument(value: str):
+    """``--rules FILE``: loaded and checked while parsing, so a bad file stops the command before any work."""
+    from .rules import NO_RULES, Rules, RulesError, load_rules
+
+    if value.strip().lower() == NO_RULES:
+        return Rules()
+    try:
+        return load_rules(value)
+    except RulesError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _language_argument(value: str) -> str:
+    from .languages import UnknownLanguageError, check_language
+
+    try:
+        return check_language(value)
+    except UnknownLanguageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_rules_and_language_options(parser: argparse.ArgumentParser) -> None:
+    """``--rules FILE`` and ``--lang CODE`` (predict, tag, serve)."""
+    parser.add_argument(
+        "--rules",
+        type=_rules_argument,
+        default=None,
+        metavar="FILE",
+        help="rules file: per-tag thresholds, renames (see:), parents, priority, blocklist (default $PHOTOTAG_RULES "
+        "or ~/.config/phototag/rules.yml when it exists; 'none' = no rules; see docs/default_vocabulary.md)",
+    )
+    parser.add_argument(
+        "--lang",
+        type=_language_argument,
+        default=None,
+        metavar="CODE",
+        help="keywords in this language: en (default), de, fr, es, it, nl, ja",
+    )
+
+
 def _add_decision_options(parser: argparse.ArgumentParser) -> None:
     _add_balanced_option(parser)
     parser.add_argument(
@@ -352,6 +413,7 @@ def _add_decision_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input", default=None, metavar="CSV", help="batch input: a CSV with columns file,user_tags (and optional id)"
     )
+    add_rules_and_language_options(parser)
     parser.add_argument("--format", choices=("table", "jsonl", "csv"), default="table")
     parser.add_argument("--output", "-o", default=None, help="write to this file (atomically) instead of stdout")
 

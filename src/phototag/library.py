@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -365,6 +365,8 @@ def tag_library(
     balanced: bool | None = None,
     checkpoint_every: int = 64,
     options=None,
+    finish: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+    finish_key: str | None = None,
 ) -> TagRunSummary:
     """Tag the photos under ``paths`` incrementally, writing keywords (``mode``: ``xmp`` sidecars or ``embedded``).
 
@@ -386,6 +388,8 @@ def tag_library(
         force: Re-tag every photo whatever the catalogue says.
         dry_run: Say what would change; write nothing, record nothing.
         top_k, threshold, balanced: The decision rule (see :meth:`~phototag.model.TagModel.predict`).
+        finish: Applied to each chunk's predictions before writing (the rules file and the language), and
+            ``finish_key`` names what it does, so a change of rules or language re-tags the photos.
         checkpoint_every: Photos scored and written per chunk.
         options: How to run the model (:class:`~phototag.runtime.RunOptions`: device, workers, progress...).
     """
@@ -407,6 +411,7 @@ def tag_library(
         summary.skipped = [str(p) for p, entry in keywords.items() if entry.keywords]
         photos = [p for p in photos if p in keywords and not keywords[p].keywords]
     settings = {"top_k": top_k, "threshold": threshold, "balanced": balanced, "parent": parent, "naming": naming}
+    settings["finish"] = finish_key  # rules and language shape the keywords too
     fingerprint = model_fingerprint(model, mode=mode, **settings)
     identity = model_identity(model)
     with TagCatalog.open(catalog) as book:
@@ -435,6 +440,8 @@ def tag_library(
                 chunk, top_k=top_k, threshold=threshold, balanced=balanced, options=options
             )
             summary.failed += unreadable  # not written: they keep the keywords phototag wrote before
+            if finish is not None:
+                predictions = finish(predictions)  # rules file, language
             changes, failures = write_keywords(
                 predictions,
                 mode=mode,

@@ -31,8 +31,8 @@ from torch import nn  # noqa: E402
 from .backbone_spec import (  # noqa: E402
     _OFFLINE_PREPROCESSING,
     OFFLINE_WEIGHTS,
-    RESIZE_MODES,
     BackboneSpec,
+    as_spec,
 )
 
 
@@ -136,13 +136,7 @@ def create_backbone(spec: BackboneSpec | str | None = None, **overrides: Any) ->
     except ImportError:
         raise ImportError('Building backbones needs timm: pip install "phototag[train]"') from None
 
-    if spec is None:
-        spec = BackboneSpec()
-    elif isinstance(spec, str):
-        spec = BackboneSpec(name=spec)
-    spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
-    if spec.resize_mode not in RESIZE_MODES:
-        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}. Got {spec.resize_mode!r} instead.")
+    spec = as_spec(spec, **overrides)
     if not timm.is_model(spec.name):
         close = timm.list_models(f"*{spec.name.split('_')[0]}*")[:10]
         raise ValueError(

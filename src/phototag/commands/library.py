@@ -24,7 +24,7 @@ def _print_changes(changes, *, dry_run: bool, verb: str) -> None:
 
 def write_library_keywords(model, args: argparse.Namespace) -> int:
     """The ``tag --write`` branch: tag what needs it (see :func:`phototag.library.tag_library`); the exit code."""
-    from ..cli import EXIT_OK, EXIT_PARTIAL, CLIError, run_options
+    from ..cli import EXIT_OK, EXIT_PARTIAL, CLIError, finish_predictions, resolved_rules, run_options
     from ..images import describe_failures
     from ..library import tag_library
 
@@ -46,6 +46,8 @@ def write_library_keywords(model, args: argparse.Namespace) -> int:
             balanced=args.balanced,
             checkpoint_every=args.checkpoint_every,
             options=run_options(args),
+            finish=lambda predictions: finish_predictions(predictions, args),
+            finish_key=f"rules={resolved_rules(args)!r} lang={getattr(args, 'lang', None)}",
         )
     except FileNotFoundError as err:
         raise CLIError(str(err)) from None

@@ -12,6 +12,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..cli import run_options
     from ..feedback import default_feedback_path
     from ..model import load_model
+    from ..rules import resolve_rules
     from ..serve import model_label, read_token_file, serve
 
     token = args.token
@@ -40,6 +41,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cors_origins=tuple(_names(args.cors_origins)),
         model_name=model_label(model),
         run_options=run_options(args),
+        rules=args.rules if args.rules is not None else resolve_rules(None),
+        lang=args.lang or "en",
     )
 
     def ready(url: str) -> None:
@@ -72,6 +75,8 @@ def _names(values: list[str]) -> list[str]:
 
 
 def register(subparsers) -> None:
+    from ..cli import add_rules_and_language_options
+
     defaults = ServiceConfig()
     p = subparsers.add_parser(
         "serve",
@@ -133,4 +138,5 @@ def register(subparsers) -> None:
     from ..cli import add_run_options
 
     add_run_options(p, cache=False)
+    add_rules_and_language_options(p)
     p.set_defaults(func=cmd_serve)

@@ -34,7 +34,15 @@ from .. import __version__
 from ..errors import PhototagError
 from ..feedback import FeedbackDecision, FeedbackStore, clean_user_tags
 from ..images import CorruptImageError, ImageLoadError
+from ..languages import (
+    UnknownLanguageError,
+    check_language,
+    supported_languages,
+    translate_predictions,
+    translate_tag,
+)
 from ..model import TagModel
+from ..rules import Rules, apply_rules, rule_labels
 from .batching import MicroBatcher, QueueFullError, make_scorer
 from .config import IMAGE_CONTENT_TYPES, WEB_DIR, ServiceConfig, allowed_host_names
 from .identity import ModelIdentity
@@ -184,6 +192,8 @@ def build_app(model: TagModel, config: ServiceConfig, identity: ModelIdentity) -
     hosts = allowed_host_names(config)
     feedback = FeedbackStore(config.feedback_db) if config.feedback_db is not None else None
     started = time.time()
+    rules = config.rules if config.rules is not None else Rules()
+    check_language(config.lang)  # a bad server default fails at start, not on every request
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -455,7 +465,11 @@ def build_app(model: TagModel, config: ServiceConfig, identity: ModelIdentity) -
             float | None,
             Query(ge=0.0, le=1.0, allow_inf_nan=False, description="keep tags scoring at least this (default 0.3)"),
         ] = None,
+        lang: Annotated[
+            str | None, Query(description="keywords in this language (en, de, fr, es, it, nl, ja; GET /v1/languages)")
+        ] = None,
     ):
+        lang = checked_language(lang)
         if len(files) > config.max_files:
             raise ServiceError(
                 413, "too_many_files", f"Got {len(files)} images; the limit is {config.max_files} per request."
@@ -501,9 +515,28 @@ def build_app(model: TagModel, config: ServiceConfig, identity: ModelIdentity) -
             threshold=threshold,
             balanced=balanced,
         )
+        formatted = translate_predictions(apply_rules(formatted, rules), lang)
         by_index = dict(zip(ok, formatted, strict=True))
         results = [by_index.get(i) or {"image": e.name, "error": problem_of(e.error)} for i, e in enumerate(entries)]
         return {"model": identity.to_dict(), "results": results}
+
+    def checked_language(lang: str | None) -> str:
+        try:
+            return check_language(lang if lang is not None else config.lang)
+        except UnknownLanguageError as err:
+            raise as_service_error(err) from None
+
+    @app.get("/v1/languages", summary="Languages keywords can be given in (?lang= of POST /v1/tag)")
+    async def languages() -> dict[str, Any]:
+        return {"languages": supported_languages(), "default": config.lang}
+
+    @app.get("/v1/translations", summary="The model's tags in a language: {tag: translated tag}")
+    async def tag_translations(
+        lang: Annotated[str, Query(description="language code, e.g. de (GET /v1/languages)")],
+    ) -> dict[str, Any]:
+        code = checked_language(lang)
+        names = list(dict.fromkeys([*model.tags, *rule_labels(rules)]))
+        return {"lang": code, "tags": {tag: translate_tag(tag, code) for tag in names}}
 
     @app.get("/v1/tags", summary="The model's vocabulary (the tags it can suggest), in score-column order")
     async def vocabulary() -> dict[str, Any]:
@@ -591,6 +624,8 @@ def build_app(model: TagModel, config: ServiceConfig, identity: ModelIdentity) -
             "feedback": feedback is not None,
             "model": config.model_name,
             "model_id": identity.id,
+            "lang": config.lang,
+            "languages": supported_languages(),
         }
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")

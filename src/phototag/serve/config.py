@@ -46,6 +46,8 @@ class ServiceConfig:
     feedback_db: str | os.PathLike | None = None  # SQLite file for the web page's feedback; None = feedback off
     model_name: str = "model"  # shown by /healthz, stored with each click; "model" = method@directory of the model
     run_options: Any = None  # phototag.runtime.RunOptions for the backbones (device, precision); None = defaults
+    rules: Any = None  # a phototag.rules.Rules applied to every /v1/tag answer; None = no rules
+    lang: str = "en"  # keyword language of /v1/tag answers when the request gives no ?lang=
 
 
 def resolve_config(config: ServiceConfig | None, model_name: str, **overrides: Any) -> ServiceConfig:

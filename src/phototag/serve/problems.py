@@ -39,6 +39,7 @@ TITLES = {
     "unauthorized": "Token required",
     "unavailable": "Not available on this server",
     "unknown_image": "Unknown stored image",
+    "unknown_language": "Unknown keyword language",
     "unsupported_media_type": "Not an accepted image type",
 }
 

@@ -2,7 +2,7 @@
 // reject clicks through /v1/feedback, and collect the accepted tags as hashtags. Plain JS, no build step.
 "use strict";
 
-const state = { needsToken: false, feedback: false, photos: [] };
+const state = { needsToken: false, feedback: false, photos: [], lang: "en", translations: {} };
 const $ = (id) => document.getElementById(id);
 
 function token() {
@@ -31,6 +31,25 @@ function setStatus(text, isError = false) {
   $("status").className = isError ? "error" : "muted";
 }
 
+// Tags stay English in requests and feedback; only what is shown (and the hashtags) uses the chosen language.
+function shown(tag) {
+  return state.translations[tag] || tag;
+}
+
+async function setLanguage(code) {
+  state.lang = code;
+  state.translations = {};
+  if (code !== "en") {
+    try {
+      state.translations = (await api("/v1/translations?lang=" + encodeURIComponent(code))).tags;
+    } catch (err) {
+      setStatus("Cannot load the " + code + " keywords: " + err.message, true);
+    }
+  }
+  for (const photo of state.photos) if (photo.tags) renderTags(photo, photo.card, photo.tags);
+  updateHashtags();
+}
+
 function hashtag(tag) {
   return "#" + tag.replace(/[^\p{L}\p{N}_]+/gu, "");
 }
@@ -38,7 +57,7 @@ function hashtag(tag) {
 function updateHashtags() {
   const seen = new Set();
   for (const photo of state.photos) {
-    for (const [tag, decision] of photo.decisions) if (decision === "accept") seen.add(hashtag(tag));
+    for (const [tag, decision] of photo.decisions) if (decision === "accept") seen.add(hashtag(shown(tag)));
   }
   $("hashtags").value = [...seen].join(" ");
 }
@@ -86,9 +105,12 @@ function renderTags(photo, card, tags) {
     const row = document.createElement("div");
     row.className = "tag";
     row.dataset.tag = tag;
+    const decided = photo.decisions.get(tag) || "clear";  // kept when a language change redraws the list
+    row.classList.toggle("accepted", decided === "accept");
+    row.classList.toggle("rejected", decided === "reject");
     const name = document.createElement("span");
     name.className = "name";
-    name.textContent = tag;
+    name.textContent = shown(tag);
     name.title = tag;
     const bar = document.createElement("div");
     bar.className = "bar";
@@ -101,13 +123,13 @@ function renderTags(photo, card, tags) {
     const accept = document.createElement("button");
     accept.className = "accept";
     accept.type = "button";
-    accept.title = "accept " + tag;
+    accept.title = "accept " + shown(tag);
     accept.textContent = "✓";
     accept.addEventListener("click", () => decide(photo, row, tag, score, "accept"));
     const reject = document.createElement("button");
     reject.className = "reject";
     reject.type = "button";
-    reject.title = "reject " + tag;
+    reject.title = "reject " + shown(tag);
     reject.textContent = "✗";
     reject.addEventListener("click", () => decide(photo, row, tag, score, "reject"));
     row.append(name, bar, value, accept, reject);
@@ -143,6 +165,8 @@ async function tagPhoto(file) {
     if (result.error) throw new Error(result.error.detail || result.error.title);
     card.dataset.model = answer.model.id;
     card.title = "tagged by " + answer.model.name + " (" + answer.model.version + ")";
+    photo.tags = result.tags;
+    photo.card = card;
     renderTags(photo, card, result.tags);
     card.dataset.state = "tagged";
   } catch (err) {
@@ -167,6 +191,21 @@ async function init() {
     state.feedback = config.feedback;
     $("token-box").hidden = !config.needs_token;
     $("model").textContent = "model: " + config.model + (config.feedback ? "" : " (feedback off)");
+    const select = $("lang");
+    select.textContent = "";
+    for (const [code, name] of Object.entries(config.languages || { en: "English" })) {
+      const option = document.createElement("option");
+      option.value = code;
+      option.textContent = name;
+      select.append(option);
+    }
+    const saved = localStorage.getItem("phototag-lang");
+    select.value = saved && config.languages && saved in config.languages ? saved : config.lang || "en";
+    select.addEventListener("change", () => {
+      localStorage.setItem("phototag-lang", select.value);
+      setLanguage(select.value);
+    });
+    if (select.value !== "en") await setLanguage(select.value);
   } catch (err) {
     setStatus("Cannot reach the server: " + err.message, true);
   }
