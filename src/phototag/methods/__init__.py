@@ -12,6 +12,7 @@ from .base import (
     get_method_class,
     list_methods,
     method_descriptions,
+    method_names,
     register_method,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "get_method_class",
     "list_methods",
     "method_descriptions",
+    "method_names",
     "register_method",
 ]

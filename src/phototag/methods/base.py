@@ -322,6 +322,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "most_likely": "contextual",
     "drel": "drel",
     "ensemble": "ensemble",
+    "imagenet": "imagenet",
     "knn": "knn",
     "merged": "merged",
     "mlp": "mlp",
@@ -339,6 +340,12 @@ BUILTIN_METHODS: dict[str, str] = {
 def list_methods() -> list[str]:
     """Names of all registered methods (built-in ones included, imported or not), sorted."""
     _ensure_builtin_methods(skip_unimportable=True)
+    return sorted(set(_REGISTRY) | set(BUILTIN_METHODS))
+
+
+def method_names() -> list[str]:
+    """Names of the built-in methods and of those registered so far, sorted, without importing any method module
+    (fast: the command line's ``--method`` choices)."""
     return sorted(set(_REGISTRY) | set(BUILTIN_METHODS))
 
 

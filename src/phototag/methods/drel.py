@@ -110,7 +110,7 @@ class DRELTagger(TaggingMethod):
     (a monotone map: every ranking is that of s).
     """
 
-    description = "DR-EL: image net + tag-embedding net, bilinear ỹᵀMx̃, pairwise hinge on sampled triplets; online"
+    description = "image and tag embeddings scored bilinearly, trained on ranked pairs of tags; learns new photos and tags online"
     Config = DRELConfig
     data_keys = ("features",)
     supports_update = True

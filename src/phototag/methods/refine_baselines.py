@@ -137,7 +137,7 @@ class TagVoteBaseline(_UserTagMethod):
     chance. When refining the fitted images, an image is never its own neighbour.
     """
 
-    description = "baseline: neighbour voting, tag votes of the k nearest images minus the tag prior (Li et al. 2009)"
+    description = "baseline: neighbour voting, tag votes of the k nearest images minus the tag prior"
     Config = TagVoteConfig
     data_keys = ("features", "user_tags")
 

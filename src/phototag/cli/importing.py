@@ -1,0 +1,43 @@
+"""``phototag import KIND SRC OUT``: a raw dataset layout → a phototag dataset directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .options import EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ..importers import run_importer
+
+    settings = {
+        "min_count": args.min_count,
+        "max_size": args.max_vocab,
+        "tag_limit": args.tag_limit,
+        "lemmatize": args.lemmatize or None,
+    }
+    dataset = run_importer(
+        args.kind, args.src, args.out, vocab_settings={k: v for k, v in settings.items() if v is not None}
+    )
+    summary = dataset.summary()
+    print(f"Wrote dataset '{dataset.name}' to {args.out}: {json.dumps(summary)}")
+    if args.kind == "library":
+        from ..library import describe_import
+
+        print(describe_import(dataset.info))
+    return EXIT_OK
+
+
+def register(subparsers) -> None:
+    from ..importers import list_importers
+
+    p = subparsers.add_parser("import", help="convert a raw dataset into a phototag dataset directory")
+    p.add_argument("kind", choices=list_importers(), help="the layout of SRC: %(choices)s")
+    p.add_argument("src", help="source folder (or CSV file for 'csv')")
+    p.add_argument("out", help="dataset directory to write")
+    p.add_argument("--min-count", type=int, default=None, help="keep tags on at least N training images (default 1)")
+    p.add_argument("--max-vocab", type=int, default=None, help="keep the N most frequent tags")
+    p.add_argument("--tag-limit", type=int, default=None, help="use only the first N tags of each image")
+    p.add_argument("--lemmatize", action="store_true", help="lemmatise tags (walking -> walk; extra 'lemma')")
+    p.set_defaults(func=cmd_import)
