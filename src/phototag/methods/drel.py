@@ -110,7 +110,7 @@ class DRELTagger(TaggingMethod):
     (a monotone map: every ranking is that of s).
     """
 
-    description = "image and tag embeddings scored bilinearly, trained on ranked tag pairs; learns new photos and tags online"
+    description = "image and tag embeddings scored bilinearly, trained on ranked tag pairs; learns online"
     Config = DRELConfig
     data_keys = ("features",)
     supports_update = True
