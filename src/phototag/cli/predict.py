@@ -83,10 +83,13 @@ def load_with_combiner(path: str | None, combiner: str | None):
 
 
 def add_combiner_option(parser: argparse.ArgumentParser) -> None:
-    from ..methods.ensemble import COMBINERS
-
+    # No argparse choices: they would import the ensemble module (and scipy) for every command; an unknown name
+    # is refused by EnsembleTagger.set_combiner, which lists the valid ones.
     parser.add_argument(
-        "--combiner", default=None, choices=COMBINERS, help="ensemble models: how members' scores combine"
+        "--combiner",
+        default=None,
+        metavar="NAME",
+        help="ensemble models: how members' scores combine (average, vote, union, intersection, stacker)",
     )
 
 
