@@ -29,9 +29,15 @@ DREL_SYNTHETIC = [
 
 
 def write_csv(photos: Path, out: Path, keep) -> Path:
-    """A CSV of the synthetic photos whose row passes ``keep`` (absolute file paths, so it can live anywhere)."""
+    """A CSV of the synthetic photos whose row passes ``keep``, beside copies of them (`import csv` reads only photos
+    in the CSV's folder or below; same bytes, so the feature cache still hits)."""
+    import shutil
+
     with open(photos / "photos.csv", newline="") as handle:
-        rows = [dict(r, file=str(photos / r["file"])) for r in csv.DictReader(handle) if keep(r)]
+        rows = [r for r in csv.DictReader(handle) if keep(r)]
+    for row in rows:
+        (out.parent / row["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(photos / row["file"], out.parent / row["file"])
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
