@@ -41,6 +41,7 @@ import torch
 
 from phototag.methods import create_method
 from phototag.metrics import average_precision, evaluate_scores, mean_average_precision
+from phototag.presets import preset_config
 from phototag.vocab import TagVocabulary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def run_mirflickr(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in MIRFLICKR_CONFIGS}
     labels: list[str] = []
     for seed in args.seeds:
-        dataset = import_mirflickr(args.data / "mirflickr25k", seed=seed)
+        dataset = import_mirflickr(args.data / "mirflickr25k", seed=seed, layout="matrices")
         vocab = dataset.fit_vocab()
         labels = list(vocab.tags_)
         parts = {s: dataset.split(s) for s in ("train", "val", "test")}
@@ -161,6 +162,56 @@ def run_mirflickr(args: argparse.Namespace) -> dict[str, Any]:
         "summary": summary,
         "runs": runs,
     }
+
+
+# --- 1b. MIRFLICKR-25K photos + user tags -> the 24 labels ----------------------------------------------------------
+PHOTO_MODES = {"image only": "image", "tags only": "tags", "image + tags": "image+tags"}
+
+
+def run_mirflickr_photos(args: argparse.Namespace) -> dict[str, Any]:
+    """The real photos (first ``--images``) and their raw user tags → the 24 potential labels, seeded 80/10/10."""
+    from phototag.backbones import create_backbone
+    from phototag.features import FeatureStore
+    from phototag.importers import import_mirflickr
+
+    configs = {name: {"mode": mode} for name, mode in PHOTO_MODES.items()}
+    configs["image + tags, image_dropout 0.8"] = {"mode": "image+tags", "image_dropout": 0.8}
+    configs.update({f"{name}, --preset paper": {**preset_config("contextual", "paper"), "mode": mode}
+                    for name, mode in PHOTO_MODES.items()})  # fmt: skip
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ["most_likely", *configs]}
+    store = FeatureStore(create_backbone("efficientnet_lite0"), args.cache_dir)
+    labels: list[str] = []
+    for seed in args.seeds:
+        dataset = import_mirflickr(args.data / "mirflickr25k", seed=seed, targets="labels", max_images=args.images)
+        vocab = dataset.fit_vocab()
+        labels = list(vocab.tags_)
+        parts = {s: dataset.split(s) for s in ("train", "val", "test")}
+        features = {
+            s: store.extract([str(dataset.image_path(r)) for r in recs], progress=False).features
+            for s, recs in parts.items()
+        }
+        inputs = {s: {"features": features[s], "user_tags": [r.user_tags for r in recs]} for s, recs in parts.items()}
+        targets = {s: vocab.transform([r.tags for r in recs]) for s, recs in parts.items()}
+        baseline = create_method("most_likely").fit(inputs["train"], targets["train"], progress=False)
+        runs["most_likely"].append(
+            {"seed": seed, "map": mean_average_precision(targets["test"], baseline.score(inputs["test"]))}
+        )
+        for name, config in configs.items():
+            method, seconds = fit_contextual(
+                {**TRAINING["mirflickr"], **config}, seed, inputs["train"], targets["train"], inputs["val"],
+                targets["val"], labels,
+            )  # fmt: skip
+            scores = method.score(inputs["test"])
+            runs[name].append(
+                {"seed": seed, "map": mean_average_precision(targets["test"], scores), "seconds": seconds}
+            )
+            print(f"  seed {seed} {name:<32} mAP {runs[name][-1]['map']:.4f}", file=sys.stderr, flush=True)
+    summary = {name: {"map": mean_std([r["map"] for r in rs])} for name, rs in runs.items()}
+    print(f"\nMIRFLICKR-25K photos {args.images}: 24 labels from photo / user tags / both ({len(args.seeds)} seeds)")
+    for name, s in summary.items():
+        print(f"{name:<40} mAP {show(s['map'])}")
+    return {"experiment": "mirflickr-photos", "images": args.images, "seeds": list(args.seeds), "summary": summary,
+            "runs": runs, "backbone": "efficientnet_lite0"}  # fmt: skip
 
 
 # --- 2. HARRISON hashtag completion -------------------------------------------------------------------------------
@@ -395,7 +446,8 @@ def parse_noise(text: str) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=("mirflickr", "harrison", "corel5k"))
+    parser.add_argument("experiment", choices=("mirflickr", "mirflickr-photos", "harrison", "corel5k"))
+    parser.add_argument("--images", type=int, default=3000, help="mirflickr-photos: use photos im1 ... imN")
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding mirflickr25k/, harrison/, corel5k/")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
@@ -413,11 +465,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    needed = {"mirflickr": "mirflickr25k", "harrison": "harrison", "corel5k": "corel5k"}[args.experiment]
+    needed = {"mirflickr": "mirflickr25k", "mirflickr-photos": "mirflickr25k", "harrison": "harrison"}.get(
+        args.experiment, "corel5k"
+    )
     if not (args.data / needed).is_dir():
         print(f"{args.data / needed} not found; pass --data.", file=sys.stderr)
         return 2
-    run = {"mirflickr": run_mirflickr, "harrison": run_harrison, "corel5k": run_corel5k}[args.experiment]
+    run = {
+        "mirflickr": run_mirflickr,
+        "mirflickr-photos": run_mirflickr_photos,
+        "harrison": run_harrison,
+        "corel5k": run_corel5k,
+    }[args.experiment]
     start = time.perf_counter()
     payload = run(args)
     payload["command"] = "python benchmarks/contextual.py " + " ".join(argv if argv is not None else sys.argv[1:])

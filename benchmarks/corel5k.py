@@ -16,6 +16,8 @@ cached) and inference images/s (scoring the 500 held-out photos from cached feat
     python benchmarks/corel5k.py --methods ensemble \\
         --set 'ensemble.members=[mlp@efficientnet_lite0, knn@efficientnet_lite0]'
     python benchmarks/corel5k.py --methods cnn --set cnn.finetune_epochs=20     # GPU
+    python benchmarks/corel5k.py --methods 2pknn tagprop --json benchmarks/results/corel5k_2pknn_tagprop.json
+        # defaults = settings chosen on validation by benchmarks/corel5k_knn_tuning.py
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def test_mirflickr_labels_from_user_tags_beat_most_likely(shared_data):
     """Real data: the 24 MIRFLICKR-25K labels from the user-tag bag alone (a 6,000-image slice keeps it fast)."""
     from phototag.importers import import_mirflickr
 
-    dataset = import_mirflickr(shared_data / "mirflickr25k", seed=0)
+    dataset = import_mirflickr(shared_data / "mirflickr25k", seed=0, layout="matrices")
     vocab = dataset.fit_vocab()
     train_records, test_records = dataset.split("train")[:6000], dataset.split("test")
     inputs = {"user_tags": [r.user_tags for r in train_records]}

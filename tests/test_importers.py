@@ -91,7 +91,7 @@ def test_harrison_real(shared_data, tmp_path):
 
 
 def test_mirflickr_real(shared_data, tmp_path):
-    dataset = run_importer("mirflickr", shared_data / "mirflickr25k", tmp_path / "m")
+    dataset = run_importer("mirflickr", shared_data / "mirflickr25k", tmp_path / "m", options={"layout": "matrices"})
     assert len(dataset) == 20015 and dataset.vocab.tags_ and set(dataset.vocab.tags_) == set(MIRFLICKR_LABELS)
     assert all(t.startswith("utag") for r in dataset.records[:50] for t in r.user_tags)
     assert sum(bool(r.user_tags) for r in dataset.records) > 15000

@@ -44,8 +44,22 @@ FAST = {
     },
     "merged": {
         "parts": [
-            {"method": "ensemble", "config": {"members": ["knn@efficientnet_lite0"], "stack_folds": 2}},
-            {"method": "ensemble", "config": {"members": ["knn@efficientnet_lite1"], "stack_folds": 2}},
+            {
+                "method": "ensemble",
+                "config": {
+                    "members": ["mlp@efficientnet_lite0"],
+                    "member_config": {"mlp": {"max_epochs": 60, "patience": 10}},
+                    "stack_folds": 2,
+                },
+            },
+            {
+                "method": "ensemble",
+                "config": {
+                    "members": ["knn@efficientnet_lite1"],
+                    "member_config": {"knn": {"k": 10}},
+                    "stack_folds": 2,
+                },
+            },
         ]
     },
     "ensemble": {

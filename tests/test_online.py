@@ -29,16 +29,11 @@ DREL_SYNTHETIC = [
 
 
 def write_csv(photos: Path, out: Path, keep) -> Path:
-    """A CSV of the synthetic photos whose row passes ``keep``, beside copies of them (`import csv` reads only photos
-    in the CSV's folder or below; same bytes, so the feature cache still hits)."""
-    import shutil
-
+    """A CSV of the synthetic photos whose row passes ``keep``, written beside them (``import csv`` reads only files
+    in the CSV's folder or below); ``out`` names it, its folder keeps it apart from other tests' CSVs."""
     with open(photos / "photos.csv", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if keep(r)]
-    for row in rows:
-        (out.parent / row["file"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(photos / row["file"], out.parent / row["file"])
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = photos / f"{out.parent.name}-{out.name}"
     with open(out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

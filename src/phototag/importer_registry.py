@@ -7,13 +7,12 @@ Kept apart from :mod:`phototag.importers` (the built-in importers) so that impor
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .data import Dataset
 
-Importer = Callable[[Path], "Dataset"]
+Importer = Callable[..., "Dataset"]  # (src: Path, **options) -> Dataset
 _IMPORTERS: dict[str, Importer] = {}
 
 

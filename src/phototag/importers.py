@@ -15,8 +15,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import numpy as np
 from . import library as _library  # noqa: F401  (registers the "library" importer)
 from .data import SPLITS, Dataset, ImageRecord, seeded_split, split_tag_string
 from .importer_registry import Importer, get_importer, list_importers, register_importer
+from .vocab import normalize_tag
 
 __all__ = ["Importer", "RawDataError", "get_importer", "list_importers", "register_importer", "run_importer"]
 
@@ -69,6 +72,7 @@ def run_importer(
     out: str | os.PathLike,
     *,
     vocab_settings: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Dataset:
     """Import ``src`` with the importer ``kind``, fit the vocabulary on the train split, save to ``out``.
 
@@ -76,7 +80,9 @@ def run_importer(
         kind: Importer name (see :func:`list_importers`).
         src: Source folder (or CSV file).
         out: Dataset directory to write (atomically; an existing dataset there is replaced).
-        vocab_settings: :class:`~phototag.vocab.TagVocabulary` settings (``min_count``, ``max_size``, ...).
+        vocab_settings: :class:`~phototag.vocab.TagVocabulary` settings (``min_count``, ``max_size``, ...); they
+            override the importer's own defaults (``info["vocabulary_defaults"]``, e.g. MIRFLICKR's 0.1 % rule).
+        options: Keyword options of the importer (e.g. MIRFLICKR's ``targets``).
 
     Returns:
         The saved dataset.
@@ -85,13 +91,13 @@ def run_importer(
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"Source '{src}' does not exist; give the folder (or CSV file) of the raw {kind} data.")
-    dataset = importer(src)
+    dataset = importer(src, **(options or {}))
     if not dataset.split("train"):
         raise RawDataError(
             f"{src}: no training records after import (records per split: {dataset.split_counts()}); "
             "mark some rows split=train."
         )
-    vocab = dataset.fit_vocab(**(vocab_settings or {}))
+    vocab = dataset.fit_vocab(**{**dataset.info.get("vocabulary_defaults", {}), **(vocab_settings or {})})
     dataset.info.setdefault("import", {})
     dataset.info["import"]["vocabulary"] = {
         "size": len(vocab),
@@ -311,13 +317,166 @@ def import_harrison(src: Path, *, seed: int = 0) -> Dataset:
 
 
 # --- MIRFLICKR-25K --------------------------------------------------------------------------------------------------
-@register_importer("mirflickr")
-def import_mirflickr(src: Path, *, seed: int = 0) -> Dataset:
-    """MIRFLICKR-25K (no images): ``mirflickr25k-yall.mat`` user-tag bag + ``-lall.mat`` 24 labels.
+#: ``--targets`` choices of the MIRFLICKR importer (photo layout).
+MIRFLICKR_TARGETS = ("user-tags", "labels", "labels-r1")
+#: Label-list kinds kept in each record's ``meta`` (``phototag evaluate --against``): meta key per kind.
+LABEL_KINDS = {"labels": "labels", "labels-r1": "labels_r1"}
 
-    Targets are the 24 human labels; user tags are the bag's columns, named ``utag0000`` ... (the source ships no
-    tag names). Seeded 80/10/10 split.
+
+def _image_number(path: Path) -> int:
+    return int(path.stem[2:]) if path.stem[2:].isdigit() else -1
+
+
+def read_label_lists(folder: Path) -> dict[str, dict[str, set[int]]]:
+    """MIRFLICKR's annotation folder → ``{"labels": {name: image numbers}, "labels-r1": {name: ...}}``.
+
+    ``NAME.txt`` are the potential labels, ``NAME_r1.txt`` the relevant ones (listed under ``NAME``); other files
+    (the distribution's README) are ignored.
     """
+    lists: dict[str, dict[str, set[int]]] = {"labels": {}, "labels-r1": {}}
+    for file in sorted(folder.glob("*.txt")):
+        if file.stem.lower().startswith("readme"):
+            continue
+        kind, name = ("labels-r1", file.stem[:-3]) if file.stem.endswith("_r1") else ("labels", file.stem)
+        numbers: set[int] = set()
+        for line_no, line in enumerate(file.read_text().splitlines(), 1):
+            if line.strip():
+                if not line.strip().isdigit():
+                    raise RawDataError(f"{file} line {line_no}: expected an image number. Got {line.strip()!r}.")
+                numbers.add(int(line))
+        lists[kind][name] = numbers
+    if not lists["labels"] and not lists["labels-r1"]:
+        raise RawDataError(f"{folder}: no label lists (NAME.txt, NAME_r1.txt) found.")
+    return lists
+
+
+def refinement_paper_tags(
+    tags: Sequence[str], *, aliases: dict[str, str] | None = None, lexicon: bool = True
+) -> list[str]:
+    """User tags as the refinement paper prepared them: lemmatised, kept only if an English word.
+
+    The lexicon is simplemma's English dictionary (offline, ships with the package; the paper used WordNet, which
+    has no offline copy on PyPI). ``aliases`` maps a lemma to the name it is kept under (the importer maps
+    ``cloud`` to the label name ``clouds``, so a label is scored by the tag of the same name).
+
+    Example:
+        >>> refinement_paper_tags(["Dogs", "nikond80", "clouds", "2007"], aliases={"cloud": "clouds"})
+        ['dog', 'clouds']
+    """
+    from .vocab import is_english_word
+
+    out: list[str] = []
+    for raw in tags:
+        lemma = normalize_tag(raw, lemmatize=True)
+        if not lemma or (lexicon and not is_english_word(lemma)):
+            continue
+        lemma = (aliases or {}).get(lemma, lemma)
+        if lemma not in out:
+            out.append(lemma)
+    return out
+
+
+@register_importer("mirflickr")
+def import_mirflickr(
+    src: Path,
+    *,
+    seed: int = 0,
+    layout: str = "auto",
+    targets: str = "user-tags",
+    min_fraction: float = 0.001,
+    max_images: int | None = None,
+) -> Dataset:
+    """MIRFLICKR-25K: the photo layout (images, user tags, label lists) or the tag-matrix files.
+
+    Photo layout (the original distribution's): ``mirflickr/imN.jpg``, ``mirflickr/meta/tags/tagsN.txt`` and
+    ``mirflickr25k_annotations_v080/`` (``NAME.txt`` / ``NAME_r1.txt``). Each record keeps the raw user tags as
+    ``user_tags`` and both label lists in ``meta`` (``labels``, ``labels_r1``: the names; ``image_number``), so
+    any model can be scored on them (``phototag evaluate --against labels-r1``). Targets (``targets``):
+
+    - ``"user-tags"`` (default): the refinement paper's preprocessing (:func:`refinement_paper_tags`), and the
+      vocabulary keeps tags on at least ``min_fraction`` of the training photos (0.1 %);
+    - ``"labels"``: the 24 potential labels; ``"labels-r1"``: the 14 relevant labels.
+
+    Matrix layout: ``mirflickr25k-yall.mat`` user-tag bag + ``-lall.mat`` 24 labels (no images): targets are the
+    labels, user tags the bag's columns named ``utag0000`` ... (the matrices ship no tag names).
+
+    Args:
+        src: The MIRFLICKR-25K folder.
+        seed: Seed of the 80/10/10 train/val/test split.
+        layout: ``"photos"``, ``"matrices"`` or ``"auto"`` (photos when ``src/mirflickr`` is there).
+        targets: See above (photo layout only).
+        min_fraction: Vocabulary threshold for ``"user-tags"`` targets, as a fraction of training photos.
+        max_images: Import only the photos with the lowest numbers (a quick subset).
+    """
+    if layout not in ("auto", "photos", "matrices"):
+        raise ValueError(f"layout must be 'auto', 'photos' or 'matrices'. Got {layout!r} instead.")
+    if layout == "matrices" or (layout == "auto" and not (src / "mirflickr").is_dir()):
+        return _import_mirflickr_matrices(src, seed=seed)
+    if targets not in MIRFLICKR_TARGETS:
+        raise ValueError(f"targets must be one of {', '.join(MIRFLICKR_TARGETS)}. Got {targets!r} instead.")
+    photo_dir, annotation_dir = src / "mirflickr", src / "mirflickr25k_annotations_v080"
+    tag_dir = photo_dir / "meta" / "tags"
+    for required in (photo_dir, tag_dir, annotation_dir):
+        if not required.is_dir():
+            raise RawDataError(f"{required} is missing: '{src}' is not a MIRFLICKR-25K folder (photo layout).")
+    labels = read_label_lists(annotation_dir)
+    label_names = {kind: sorted(lists) for kind, lists in labels.items()}
+    numbers = sorted(n for n in (_image_number(p) for p in photo_dir.glob("im*.jpg")) if n > 0)
+    tag_numbers = sorted(n for n in (int(p.stem[4:]) for p in tag_dir.glob("tags*.txt") if p.stem[4:].isdigit()))
+    if max_images is not None:
+        numbers = numbers[:max_images]
+        tag_numbers = [n for n in tag_numbers if n <= (numbers or [0])[-1]]
+    if not numbers:
+        raise RawDataError(f"{photo_dir}: no photos named imN.jpg.")
+    photos = set(numbers)
+    missing = [str(photo_dir / f"im{n}.jpg") for n in tag_numbers if n not in photos]
+    # A label name's lemma (cloud) is kept under the label's own name (clouds), for the same-name protocol.
+    aliases = {normalize_tag(name, lemmatize=True): name for names in label_names.values() for name in names}
+    splits = seeded_split(len(numbers), seed=seed)
+    records: list[ImageRecord] = []
+    no_tag_file = 0
+    for number, split in zip(numbers, splits, strict=True):
+        tag_file = tag_dir / f"tags{number}.txt"
+        if tag_file.is_file():
+            user_tags = [t for t in tag_file.read_text(encoding="utf-8", errors="replace").split() if t]
+        else:
+            no_tag_file += 1
+            user_tags = []
+        meta = {
+            "image_number": number,
+            **{key: [n for n in label_names[kind] if number in labels[kind][n]] for kind, key in LABEL_KINDS.items()},
+        }
+        if targets == "user-tags":
+            tags = refinement_paper_tags(user_tags, aliases=aliases)
+        else:
+            tags = list(meta[LABEL_KINDS[targets]])
+        records.append(
+            ImageRecord(
+                id=f"im{number}",
+                file=f"mirflickr/im{number}.jpg",
+                tags=tags,
+                user_tags=user_tags,
+                split=split,
+                meta=meta,
+            )
+        )
+    n_train = sum(s == "train" for s in splits)
+    info: dict[str, Any] = {
+        "source": "mirflickr25k",
+        "layout": "photos",
+        "targets": targets,
+        "label_names": label_names,
+        "split": {"seed": seed, "fractions": [0.8, 0.1, 0.1]},
+        "import": _report(len(numbers) + len(missing), records, missing, records_without_tag_file=no_tag_file),
+    }
+    if targets == "user-tags":
+        info["preprocessing"] = "refinement paper: lemmatised, English lexicon (simplemma), >= 0.1% of photos"
+        info["vocabulary_defaults"] = {"min_count": max(1, math.ceil(min_fraction * n_train))}
+    return Dataset(records, name="mirflickr25k", image_root=src, info=info)
+
+
+def _import_mirflickr_matrices(src: Path, *, seed: int = 0) -> Dataset:
+    """The tag-matrix files: ``mirflickr25k-yall.mat`` user-tag bag + ``-lall.mat`` 24 labels (no images)."""
     tag_bag = _load_mat(src / "mirflickr25k-yall.mat", "YAll") if (src / "mirflickr25k-yall.mat").is_file() else None
     if tag_bag is None:
         raise RawDataError(f"{src / 'mirflickr25k-yall.mat'} is missing: '{src}' is not a MIRFLICKR-25K folder.")
@@ -344,6 +503,7 @@ def import_mirflickr(src: Path, *, seed: int = 0) -> Dataset:
     info = {
         "source": "mirflickr25k",
         "split": {"seed": seed, "fractions": [0.8, 0.1, 0.1]},
+        "layout": "matrices",
         "user_tag_columns": int(tag_bag.shape[1]),
         "import": _report(len(records), records, []),
     }

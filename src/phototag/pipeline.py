@@ -203,8 +203,12 @@ def evaluate(
     progress: bool = True,
     balanced: bool | None = None,
     options: RunOptions | None = None,
+    against: str | None = None,
 ) -> dict[str, float]:
     """All metrics of ``model`` on one split of ``dataset`` (see :func:`phototag.metrics.evaluate_scores`).
+
+    ``against="labels"`` / ``"labels-r1"`` scores the model on the dataset's label lists instead of its tags (each
+    label by the model's tag of the same name; :func:`phototag.labels.evaluate_labels`).
 
     ``balanced`` ranks each image's top ``k`` by the method's balancing offsets (``None``: the model's
     ``decision.balanced``; see :meth:`phototag.model.TagModel.rank_offset`); every other metric is unaffected.
@@ -231,6 +235,13 @@ def evaluate(
     targets = model.vocab.transform([r.tags for r in records])[ok]
     unknown = sum(model.vocab.last_unknown_.values()) if hasattr(model.vocab, "last_unknown_") else 0
     scores = scored.scores
+    if against is not None:
+        from .labels import evaluate_labels, label_names, label_score_matrix, label_truth
+
+        names = label_names(ds, against)
+        label_scores, missing = label_score_matrix(model.vocab.tags_, scores, names)
+        truth = label_truth([r for r, good in zip(records, ok, strict=True) if good], names, against)
+        return {**evaluate_labels(truth, label_scores, names), "labels_without_tag": " ".join(missing) or "none"}
     threshold = model.decision.per_tag_threshold
     threshold = model.decision.threshold if threshold is None else threshold
     result = evaluate_scores(

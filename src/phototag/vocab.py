@@ -45,6 +45,11 @@ CAMERA_TAGS = frozenset(
         "lg", "pixel", "galaxy",
     }
 )  # fmt: skip
+#: Camera brands matched anywhere in a tag by ``camera_substrings`` (the VGG16-tagger paper's cleaning).
+CAMERA_BRANDS = (
+    "canon", "nikon", "sony", "fujifilm", "olympus", "panasonic", "lumix", "pentax", "leica", "kodak", "samsung",
+    "minolta", "konica", "hasselblad", "sigma", "tamron", "ricoh", "casio", "gopro", "iphone", "huawei", "xiaomi",
+)  # fmt: skip
 _CAMERA_MODEL = re.compile(
     r"^(canon|nikon|sony|fuji(film)?|olympus|panasonic|pentax|leica|iphone|samsung|eos)[ \-]?\w+$"
 )
@@ -87,6 +92,26 @@ def _lemma(word: str, language: str) -> str:
     return simplemma.lemmatize(word, lang=language).lower()
 
 
+def is_english_word(word: str, language: str = "en") -> bool:
+    """Whether ``word`` is in simplemma's dictionary for ``language`` (the offline English lexicon; extra ``lemma``).
+
+    Stands in for WordNet, which the refinement paper used to keep "meaningful" tags and which has no offline copy
+    on PyPI. simplemma's list is larger (it knows place names such as ``london``).
+
+    Example:
+        >>> is_english_word("dog"), is_english_word("nikond80")
+        (True, False)
+    """
+    try:
+        import simplemma
+    except ImportError:
+        raise ImportError('The English lexicon needs simplemma: pip install "phototag[lemma]"') from None
+    return bool(word) and simplemma.is_known(word, lang=language)
+
+
+_DIGIT = re.compile(r"\d")
+
+
 def drop_reason(tag: str) -> str | None:
     """Why a normalised tag is never a vocabulary entry (``"empty"``, ``"number"``, ``"camera"``), else ``None``."""
     if not tag:
@@ -109,6 +134,10 @@ class TagVocabulary:
         language: Language of the lemmatiser.
         drop_numbers: Drop number-only tags (years, counts).
         drop_cameras: Drop camera-brand/model tags.
+        drop_with_digits: Drop every tag containing a digit (the VGG16-tagger paper's cleaning; off by default,
+            which drops only number-only tags, so ``route66`` and ``3d`` stay).
+        camera_substrings: Drop tags that contain a camera brand anywhere (``canon5d``, ``nikonfan``; the same
+            paper's rule; off by default, which drops brand names and ``brand-model`` tags only).
         tags: Build a fixed vocabulary from this list instead of fitting (still normalised).
 
     Attributes:
@@ -129,6 +158,8 @@ class TagVocabulary:
         language: str = "en",
         drop_numbers: bool = True,
         drop_cameras: bool = True,
+        drop_with_digits: bool = False,
+        camera_substrings: bool = False,
         tags: Sequence[str] | None = None,
     ):
         self.min_count = min_count
@@ -138,6 +169,8 @@ class TagVocabulary:
         self.language = language
         self.drop_numbers = drop_numbers
         self.drop_cameras = drop_cameras
+        self.drop_with_digits = drop_with_digits
+        self.camera_substrings = camera_substrings
         self.tags = tags
         if tags is not None:
             self._set_tags(self._clean(tags), counts={})
@@ -152,6 +185,8 @@ class TagVocabulary:
             "language": self.language,
             "drop_numbers": self.drop_numbers,
             "drop_cameras": self.drop_cameras,
+            "drop_with_digits": self.drop_with_digits,
+            "camera_substrings": self.camera_substrings,
         }
 
     def _check_params(self) -> None:
@@ -165,6 +200,11 @@ class TagVocabulary:
     # --- normalisation ------------------------------------------------------------------------------------------
     def _reason(self, tag: str) -> str | None:
         reason = drop_reason(tag)
+        if reason is None and tag:
+            if self.drop_with_digits and _DIGIT.search(tag):
+                reason = "number"
+            elif self.camera_substrings and any(brand in tag for brand in CAMERA_BRANDS):
+                reason = "camera"
         if (reason == "number" and not self.drop_numbers) or (reason == "camera" and not self.drop_cameras):
             return None
         return reason

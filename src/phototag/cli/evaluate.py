@@ -22,6 +22,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         balanced=args.balanced,
         options=run_options(args),
+        against=args.against,
     )
     width = max(len(k) for k in result)
     for key, value in result.items():
@@ -38,6 +39,13 @@ def register(subparsers) -> None:
     p.add_argument("dataset")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--k", type=int, default=5, help="tags per image for the per-tag protocol (Corel5k: 5)")
+    p.add_argument(
+        "--against",
+        choices=("labels", "labels-r1"),
+        default=None,
+        help="score on the dataset's label lists (MIRFLICKR: 24 potential / 14 relevant), each label by the "
+        "model's tag of the same name",
+    )
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     add_run_options(p)
     add_combiner_option(p)

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import PhototagError
-from . import evaluate, feedback, importing, library, methods, predict, refine, serve, tag, train, update
+from . import evaluate, features, feedback, importing, library, methods, predict, refine, serve, tag, train, update
 from .options import EXIT_BUG, EXIT_ERROR, add_global_options
 
 #: The command modules, in help order.
-COMMANDS = (importing, train, predict, tag, evaluate, methods, refine, update, library, feedback, serve)
+COMMANDS = (importing, train, predict, tag, evaluate, methods, refine, update, library, feedback, features, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

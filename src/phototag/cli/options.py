@@ -67,6 +67,51 @@ def add_run_options(parser: argparse.ArgumentParser, *, cache: bool = True) -> N
         group.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/phototag)")
 
 
+def add_engine_options(parser: argparse.ArgumentParser, *, parts: bool = False) -> None:
+    """``--engine local|ray`` and the Ray cluster's settings (``--ray-address``, ``--ray-actors``, ``--ray-cpus``;
+    with ``parts``: ``--out DIR`` of Parquet parts)."""
+    group = parser.add_argument_group("engine (see docs/cluster.md)")
+    group.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help='local: this process (default); ray: a Ray cluster (pip install "phototag[ray]")',
+    )
+    group.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster HOST:PORT (default $RAY_ADDRESS, else a Ray instance on this machine)",
+    )
+    group.add_argument(
+        "--ray-actors", type=int, default=None, metavar="N", help="backbone actors per backbone (default autoscale)"
+    )
+    group.add_argument(
+        "--ray-cpus", type=float, default=None, metavar="C", help="CPUs per Ray decode task and actor (default 1)"
+    )
+    if parts:
+        group.add_argument(
+            "--out",
+            default=None,
+            metavar="DIR",
+            help="--engine ray: write Parquet parts (image, tags, scores, model) here; a rerun resumes",
+        )
+        group.add_argument("--part-size", type=int, default=None, help="photos per Parquet part (default 10000)")
+
+
+def cluster_options(args: argparse.Namespace):
+    """The :class:`~phototag.distributed.ClusterOptions` of a command's ``--ray-*`` flags."""
+    from ..distributed import ClusterOptions
+
+    values = {
+        "address": getattr(args, "ray_address", None),
+        "actors": getattr(args, "ray_actors", None),
+        "cpus": getattr(args, "ray_cpus", None),
+        "part_size": getattr(args, "part_size", None),
+    }
+    return ClusterOptions(**{k: v for k, v in values.items() if v is not None})
+
+
 def find_image_paths(paths: Sequence[str]) -> list[Path]:
     """The image files under ``paths`` (files and folders); a missing path or no image at all is a CLIError."""
     from ..images import find_images

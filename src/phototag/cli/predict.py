@@ -10,7 +10,9 @@ from .options import (
     EXIT_PARTIAL,
     CLIError,
     add_decision_options,
+    add_engine_options,
     add_run_options,
+    cluster_options,
     find_image_paths,
     run_options,
 )
@@ -21,24 +23,41 @@ def predict_and_print(model, args: argparse.Namespace) -> int:
     """Tag ``args.paths`` (or the rows of ``--input``) with ``model`` and print them; the exit code."""
     from ..images import describe_failures
 
+    on_ray = getattr(args, "engine", "local") == "ray"
+    out = getattr(args, "out", None)
+    if out is not None and not on_ray:
+        raise CLIError("--out DIR (Parquet parts) goes with --engine ray; use --output FILE for one file.")
     if getattr(args, "input", None) is not None:
+        if on_ray:
+            raise CLIError("--input CSV is read by the local engine only; give PATHs with --engine ray.")
         return _predict_batch_and_print(model, args)
     if not args.paths:
         raise CLIError("Give image files or folders to tag, or --input CSV (columns file,user_tags).")
+    if out is not None and args.output is not None:
+        raise CLIError("Give --out DIR (Parquet parts) or --output FILE, not both.")
     paths = find_image_paths(args.paths)
-    user_tags = None
-    if getattr(args, "user_tags", None) is not None:
-        user_tags = [args.user_tags.split()] * len(paths)
-    predictions, failures = model.predict(
-        paths,
-        top_k=args.top_k,
-        threshold=args.threshold,
-        balanced=args.balanced,
-        user_tags=user_tags,
-        options=run_options(args),
-    )
-    predictions = finish_predictions(predictions, args)
-    write_output(format_predictions(predictions, args.format), args.output)
+    given_tags = args.user_tags.split() if getattr(args, "user_tags", None) is not None else None
+    decision = {"top_k": args.top_k, "threshold": args.threshold, "balanced": args.balanced}
+    if on_ray:
+        from ..distributed import predict_on_ray
+
+        predictions, failures = predict_on_ray(
+            model,
+            paths,
+            **decision,
+            user_tags=given_tags,
+            options=run_options(args),
+            cluster=cluster_options(args),
+            out=out,
+        )
+    else:
+        user_tags = None if given_tags is None else [given_tags] * len(paths)
+        predictions, failures = model.predict(paths, **decision, user_tags=user_tags, options=run_options(args))
+    if out is None:
+        predictions = finish_predictions(predictions, args)
+        write_output(format_predictions(predictions, args.format), args.output)
+    else:
+        print(f"Tagged {len(paths) - len(failures)} of {len(paths)} photos into Parquet parts in {out}")
     if failures:
         print(describe_failures(failures, limit=50), file=sys.stderr)
         return EXIT_PARTIAL
@@ -104,4 +123,5 @@ def register(subparsers) -> None:
     add_decision_options(p)
     add_combiner_option(p)
     add_run_options(p)
+    add_engine_options(p, parts=True)
     p.set_defaults(func=cmd_predict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .library import add_library_options, write_library_keywords
-from .options import CLIError, add_decision_options, add_run_options
+from .options import CLIError, add_decision_options, add_engine_options, add_run_options
 from .predict import predict_and_print
 
 
@@ -24,6 +24,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
     if args.dry_run and not args.write:
         raise CLIError("--dry-run shows what --write would change; add --write xmp or --write embedded.")
     if args.write:
+        if args.engine == "ray":
+            raise CLIError("--write runs with the local engine only (it edits files on this machine).")
         return write_library_keywords(load_model(args.model), args)
     return predict_and_print(load_model(args.model), args)
 
@@ -38,4 +40,5 @@ def register(subparsers) -> None:
     add_decision_options(p)
     add_library_options(p, required=False)
     add_run_options(p)
+    add_engine_options(p, parts=True)
     p.set_defaults(func=cmd_tag)

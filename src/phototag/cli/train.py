@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import argparse
 
-from .options import EXIT_OK, add_run_options, run_options
+from .options import EXIT_OK, CLIError, add_run_options, run_options
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..pipeline import train
     from ..settings import method_settings
 
+    config = {}
+    if args.preset is not None:
+        from ..presets import preset_config
+
+        if args.method is None:
+            raise CLIError(
+                "--preset needs --method (a preset belongs to one method; see `phototag methods --presets`)."
+            )
+        config.update(preset_config(args.method, args.preset))
+    config.update(method_settings(args.config, args.set))
     model = train(
         args.dataset,
         method=args.method,
-        config=method_settings(args.config, args.set),
+        config=config,
         backbone=args.backbone,
         cache_dir=args.cache_dir,
         out=args.out,
@@ -51,6 +61,13 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--backbone", default=None, help="timm model name for image features (default efficientnet_lite0, offline)"
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="start from a named configuration of the method, e.g. 'paper' (see `phototag methods --presets`); "
+        "--config and --set override it",
     )
     p.add_argument("--config", default=None, help="YAML file of method settings")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting (repeatable)")

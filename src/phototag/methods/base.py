@@ -317,6 +317,7 @@ def register_method(name: str) -> Callable[[MethodT], MethodT]:
 #: Built-in method name → module of :mod:`phototag.methods` that registers it. Modules are imported only when one
 #: of their methods is used, so tagging with numpy-scored methods never imports torch.
 BUILTIN_METHODS: dict[str, str] = {
+    "2pknn": "twopknn",
     "cnn": "cnn",
     "contextual": "contextual",
     "most_likely": "contextual",
@@ -333,6 +334,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "tag_vote": "refine_baselines",
     "random_guess": "refine_baselines",
     "svm": "svm",
+    "tagprop": "tagprop",
     "wsabie": "wsabie",
 }
 

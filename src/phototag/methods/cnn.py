@@ -50,7 +50,7 @@ class CNNConfig:
     asl_gamma_neg: float = 4.0  # asymmetric loss: focusing exponent of negatives
     asl_gamma_pos: float = 0.0  # asymmetric loss: focusing exponent of positives
     asl_clip: float = 0.05  # asymmetric loss: probability margin below which negatives are ignored
-    optimizer: str = "sgd"  # "sgd" (momentum, as seed 10) or "adam" (as seed 000)
+    optimizer: str = "sgd"  # "sgd" (momentum, as seed 000) or "adam" (as seed 10); see docs/cnn_ensemble.md
     lr: float | None = None  # learning rate of the transfer stage; None = 1e-3 for sgd, 1e-4 for adam
     momentum: float = 0.9  # SGD momentum
     lr_decay: float = 1e-6  # Keras-style time decay per step: lr_t = lr / (1 + lr_decay * t)

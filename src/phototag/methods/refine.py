@@ -6,8 +6,11 @@ One network φ is learned from noisy user tags ``G`` (the ``targets`` given to :
 1. φ0: the multi-label head (Dense ``hidden`` ReLU → Dropout → sigmoid) trained with logistic loss on ``G``.
 2. Neighbourhood candidates ``Z_i``: the ``n_candidates`` (M) nearest training images of each image by Euclidean
    distance of φ0's features (its hidden layer; the backbone is frozen on CPU, so the head is "the network").
-3. Algorithm 1: every epoch, each image's ``n_neighbors`` (m) nearest are re-chosen among its candidates with the
-   current network; a batch = anchor images + their neighbours; the loss is ``L = L_vis + λ1·L_sem + λ2·L_err``:
+3. Algorithm 1: each image's ``n_neighbors`` (m) nearest are re-chosen among its candidates with the current
+   network, every epoch (default) or, with ``reselect="iteration"``, at every step as the paper does (from a table
+   of every image's network feature that is recomputed at the start of each epoch and updated for the images of
+   each batch as they pass; the backbone is frozen, so only the head's feature moves); a batch = ``batch_size``
+   anchor images (s) + their m neighbours; the loss is ``L = L_vis + λ1·L_sem + λ2·L_err``:
 
    - ``L_vis`` (visual consistency): ``Σ_z γ_iz ‖P_i − P_z‖²`` with ``γ = exp(−‖φ(i) − φ(z)‖² / σ)``, σ the median
      squared neighbour distance of the epoch;
@@ -17,7 +20,12 @@ One network φ is learned from noisy user tags ``G`` (the ``targets`` given to :
      installed and ``knowledge="wordnet"``), Q = diag(ξ 1);
    - ``L_err`` (user-error sparsity): ``‖G_i − P_i‖₁``.
 
-   Each term is averaged over the batch's anchors (``L_vis``) or images (``L_sem``, ``L_err``).
+   Each term is averaged over the batch's anchors (``L_vis``) or images (``L_sem``, ``L_err``); with
+   ``vis_normalize=True`` ``L_vis`` is averaged over the s·m anchor–neighbour pairs instead (the paper's 1/(s·m)).
+
+The paper's schedule (``--preset paper``): SGD with momentum, ``refine_lr`` 1e-3 divided by 10 every 10 epochs
+(``lr_step_epochs``), 30 epochs, s = 64, m = 8, re-selection every iteration. The default (Adam 1e-5, 3 epochs,
+s = 32, per-epoch re-selection) is the setting measured on Corel5k and the MIRFLICKR tag matrix (docs/refine.md).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from .base import TaggingMethod, register_method
 log = logging.getLogger(__name__)
 
 KNOWLEDGE_SOURCES = ("text", "wordnet", "none")
+RESELECT = ("epoch", "iteration")
 
 
 @dataclass
@@ -55,8 +64,14 @@ class RefineConfig:
     alpha: float = 1.0  # weight of the knowledge-based distance in the tag distance
     knowledge: str = "text"  # knowledge base for tag distances: "text" (MiniLM embeddings), "wordnet", "none"
     lr: float = 1e-3  # Adam learning rate of φ0
-    refine_lr: float = 1e-5  # Adam learning rate of Algorithm 1 (small: it adjusts φ0 rather than refitting the noise)
-    weight_decay: float = 1e-4  # Adam L2 penalty
+    refine_lr: float = 1e-5  # learning rate of Algorithm 1 (small with Adam: it adjusts φ0 rather than refitting noise)
+    optimizer: str = "adam"  # optimizer of Algorithm 1: "adam" or "sgd" (the paper's; with momentum)
+    momentum: float = 0.9  # SGD momentum
+    lr_step_epochs: int = 0  # divide refine_lr by 1 / lr_step_factor every this many epochs (paper: 10); 0 = never
+    lr_step_factor: float = 0.1  # learning-rate multiplier of each step
+    reselect: str = "epoch"  # re-choose the m neighbours every "epoch" or every "iteration" (the paper)
+    vis_normalize: bool = False  # average L_vis over the s·m anchor–neighbour pairs (paper) instead of the s anchors
+    weight_decay: float = 1e-4  # L2 penalty of the optimizers
     seed: int = 0  # seeds initialisation, dropout and shuffling
 
 
@@ -93,6 +108,10 @@ class RefineTagger(TaggingMethod):
         cfg = self.config
         if cfg.knowledge not in KNOWLEDGE_SOURCES:
             raise ValueError(f"refine knowledge must be one of {KNOWLEDGE_SOURCES}. Got {cfg.knowledge!r} instead.")
+        if cfg.reselect not in RESELECT:
+            raise ValueError(f"refine reselect must be one of {RESELECT}. Got {cfg.reselect!r} instead.")
+        if cfg.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"refine optimizer must be 'adam' or 'sgd'. Got {cfg.optimizer!r} instead.")
         for name in ("n_candidates", "n_neighbors", "batch_size", "hidden"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"The '{name}' parameter of refine must be an int >= 1. Got {getattr(cfg, name)}.")
@@ -164,26 +183,45 @@ class RefineTagger(TaggingMethod):
             laplacian = torch.from_numpy(tag_laplacian(g, names, alpha=cfg.alpha, knowledge=cfg.knowledge))
             candidates = nearest_candidates(_embed(head, xt), min(cfg.n_candidates, n - 1))
             m = min(cfg.n_neighbors, candidates.shape[1])
-            optimizer = torch.optim.Adam(head.parameters(), lr=cfg.refine_lr, weight_decay=cfg.weight_decay)
+            if cfg.optimizer == "sgd":
+                optimizer = torch.optim.SGD(
+                    head.parameters(), lr=cfg.refine_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+                )
+            else:
+                optimizer = torch.optim.Adam(head.parameters(), lr=cfg.refine_lr, weight_decay=cfg.weight_decay)
+            scheduler = (
+                torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step_epochs, gamma=cfg.lr_step_factor)
+                if cfg.lr_step_epochs > 0
+                else None
+            )
             bar = tqdm(range(cfg.epochs), desc="refine", unit="epoch", disable=not progress, leave=False)
             for epoch in bar:
-                neighbors, sigma = choose_neighbors(_embed(head, xt), candidates, m)
-                record = self._epoch(head, optimizer, xt, gt, neighbors, sigma, laplacian, generator)
-                record.update(stage="refine", epoch=epoch + 1, sigma=sigma)
+                table = _embed(head, xt)
+                neighbors, sigma = choose_neighbors(table, candidates, m)
+                live = (table, candidates, m) if cfg.reselect == "iteration" else None
+                record = self._epoch(head, optimizer, xt, gt, neighbors, sigma, laplacian, generator, live=live)
+                record.update(stage="refine", epoch=epoch + 1, sigma=sigma, lr=optimizer.param_groups[0]["lr"])
+                if scheduler is not None:
+                    scheduler.step()
                 self.history_.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
         self.head_ = head.eval()
         self.refined_scores_ = self._score({"features": x})
         return self
 
-    def _epoch(self, head, optimizer, xt, gt, neighbors, sigma, laplacian, generator) -> dict[str, float]:
+    def _epoch(self, head, optimizer, xt, gt, neighbors, sigma, laplacian, generator, live=None) -> dict[str, float]:
+        """One pass of Algorithm 1; ``live = (feature table, candidates, m)`` re-chooses neighbours every step."""
         cfg = self.config
         n, m = neighbors.shape
         n_tags = gt.shape[1]
         head.train()
         sums = {"loss": 0.0, "vis": 0.0, "sem": 0.0, "err": 0.0}
         for anchors in torch.randperm(n, generator=generator).split(cfg.batch_size):
-            nbrs = neighbors[anchors]  # (b, m)
+            if live is None:
+                nbrs = neighbors[anchors]  # (b, m)
+            else:
+                table, candidates, _ = live
+                nbrs = reselect_neighbors(table, candidates[anchors.numpy()], anchors.numpy(), m)
             idx = torch.cat([anchors, nbrs.reshape(-1)])
             feature, logits = head(xt[idx])
             p = torch.sigmoid(logits)
@@ -193,12 +231,20 @@ class RefineTagger(TaggingMethod):
             # γ is a weight, not a target: without detach the network could shrink L_vis by pushing features apart.
             gamma = torch.exp(-((f_anchor[:, None] - f_nbr) ** 2).sum(-1).detach() / sigma)
             vis = (gamma * ((p_anchor[:, None] - p_nbr) ** 2).sum(-1)).sum(1).mean()
+            if cfg.vis_normalize:
+                vis = vis / m
             sem = ((p @ laplacian) * p).sum(1).mean() / n_tags**2
             err = (gt[idx] - p).abs().sum(1).mean()
             loss = cfg.lambda_vis * vis + cfg.lambda_sem * sem + cfg.lambda_err * err
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if live is not None:  # the batch's features as the network now sees them (dropout off)
+                table = live[0]
+                head.eval()
+                with torch.no_grad():
+                    table[idx.numpy()] = head.embed(xt[idx]).numpy()
+                head.train()
             for key, value in (("loss", loss), ("vis", vis), ("sem", sem), ("err", err)):
                 sums[key] += value.item() * b
         return {key: value / n for key, value in sums.items()}
@@ -275,6 +321,23 @@ def choose_neighbors(features: np.ndarray, candidates: np.ndarray, m: int) -> tu
     if not sigma > 0:
         sigma = float(dist_chosen.mean()) if dist_chosen.mean() > 0 else 1.0
     return torch.from_numpy(chosen), sigma
+
+
+def reselect_neighbors(table: np.ndarray, candidates: np.ndarray, rows: np.ndarray, m: int) -> torch.Tensor:
+    """The ``m`` nearest candidates ``(b, M)`` of each of ``rows`` under the current feature ``table`` ``(n, d)``.
+
+    Example:
+        >>> table = np.array([[0.0], [1.0], [5.0], [2.0]], dtype=np.float32)
+        >>> reselect_neighbors(table, np.array([[1, 2, 3]]), np.array([0]), 2).tolist()
+        [[1, 3]]
+    """
+    dist = ((table[candidates] - table[rows, None]) ** 2).sum(-1)
+    if m < candidates.shape[1]:
+        idx = np.argpartition(dist, m - 1, axis=1)[:, :m]
+        idx = np.take_along_axis(idx, np.argsort(np.take_along_axis(dist, idx, axis=1), axis=1), axis=1)
+    else:
+        idx = np.tile(np.arange(m), (len(candidates), 1))
+    return torch.from_numpy(np.take_along_axis(candidates, idx, axis=1))
 
 
 # --- tag semantics --------------------------------------------------------------------------------------------------
@@ -370,6 +433,7 @@ __all__ = [
     "google_distance",
     "knowledge_distance",
     "nearest_candidates",
+    "reselect_neighbors",
     "tag_laplacian",
     "tag_similarity",
 ]
