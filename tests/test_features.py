@@ -104,3 +104,17 @@ def test_several_backbones_decode_each_photo_once(photos, tmp_path, monkeypatch)
     result = extract_features(photos[:3], stores)
     assert len(calls) == 3 and result.ok.all()
     assert {k: v.shape for k, v in result.features.items()} == {s.key: (3, 1280) for s in stores}
+
+
+def test_a_new_cache_opened_by_many_threads_at_once(backbone, photos, tmp_path):
+    """Decoding threads all open the (new) database at the same moment: none may find it locked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from phototag.features import FeatureStore, extract_features
+    from phototag.runtime import RunOptions
+
+    stores = [FeatureStore(backbone, tmp_path) for _ in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda s: extract_features(photos, [s], options=RunOptions(workers=8)), stores))
+    assert all(r.ok.all() for r in results)
+    np.testing.assert_allclose(results[0].features[stores[0].key], results[2].features[stores[2].key], atol=1e-5)

@@ -50,14 +50,16 @@ FAST = {
                     "members": ["mlp@efficientnet_lite0"],
                     "member_config": {"mlp": {"max_epochs": 60, "patience": 10}},
                     "stack_folds": 2,
+                    "combiner": "average",
                 },
             },
             {
                 "method": "ensemble",
                 "config": {
-                    "members": ["knn@efficientnet_lite1"],
-                    "member_config": {"knn": {"k": 10}},
+                    "members": ["mlp@efficientnet_lite1"],
+                    "member_config": {"mlp": {"max_epochs": 60, "patience": 10, "seed": 1}},
                     "stack_folds": 2,
+                    "combiner": "average",
                 },
             },
         ]

@@ -96,25 +96,24 @@ class _FeatureCache:
         self._ready = False
 
     def _connect(self) -> sqlite3.Connection | None:
+        """This thread's connection; the database is set up once, by the first thread to need it."""
         if self.dir is None:
             return None
         conn = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is not None:
+            return conn
+        with self._setup_lock:  # connections open one at a time: setting up the file needs a moment alone with it
             self.dir.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.dir / "features.sqlite", timeout=60, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            if not self._ready:
+                _retry_locked(lambda: _set_up_database(conn))
+                spec_file = self.dir / "spec.json"
+                if not spec_file.exists():
+                    atomic_write_text(spec_file, json.dumps(self.spec.to_dict(), indent=2))
+                self._import_legacy_shards(conn)
+                self._ready = True
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("CREATE TABLE IF NOT EXISTS features (digest TEXT PRIMARY KEY, vector BLOB NOT NULL)")
-            conn.commit()
             self._local.conn = conn
-        if not self._ready:
-            with self._setup_lock:  # every thread waits until the one-time setup is done
-                if not self._ready:
-                    spec_file = self.dir / "spec.json"
-                    if not spec_file.exists():
-                        atomic_write_text(spec_file, json.dumps(self.spec.to_dict(), indent=2))
-                    self._import_legacy_shards(conn)
-                    self._ready = True
         return conn
 
     def _import_legacy_shards(self, conn: sqlite3.Connection) -> None:
@@ -168,6 +167,29 @@ class _FeatureCache:
             return len(self.memory)
         conn = self._connect()
         return 0 if conn is None else int(conn.execute("SELECT COUNT(*) FROM features").fetchone()[0])
+
+
+def _set_up_database(conn: sqlite3.Connection) -> None:
+    # WAL lets readers (other threads, other processes on the same cache) go on while one writer commits.
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS features (digest TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+    conn.commit()
+
+
+def _retry_locked(action: Callable[[], Any], attempts: int = 50) -> Any:
+    """Run ``action``, retrying while another process holds the database (SQLite can answer "locked" at once when
+    the journal mode changes, without waiting for its busy timeout)."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return action()
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    return None
 
 
 class FeatureStore:
