@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--calibrate-thresholds", action="store_true", help="per-tag thresholds from validation")
     args = parser.parse_args(argv)
-    from phototag.cli import parse_set_options
+    from phototag.settings import parse_set_options
 
     settings: dict[str, dict] = {}
     for key, value in parse_set_options(args.set).items():

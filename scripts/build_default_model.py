@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    from phototag.cli import parse_set_options
+    from phototag.settings import parse_set_options
 
     if not (args.data / "corel5k_words.txt").exists():
         print(f"Corel5k not found at {args.data}; pass --data.", file=sys.stderr)

@@ -24,7 +24,7 @@ def shared_default_model():
 @contextlib.contextmanager
 def running_server(app, *, start_timeout: float = 60.0, stop_timeout: float = 20.0) -> Iterator[str]:
     """Serve ``app`` on a free localhost port in a background thread; yields the base URL, stops on exit."""
-    from phototag.service import bind_socket, make_server
+    from phototag.serve import bind_socket, make_server
 
     sock = bind_socket("127.0.0.1", 0)
     server = make_server(app, sock)
@@ -84,9 +84,23 @@ def request(
         status, raw, got = err.code, err.read(), dict(err.headers)
     text = raw.decode("utf-8", "replace")
     try:
-        return status, json.loads(text), got
+        parsed = json.loads(text)
     except json.JSONDecodeError:
         return status, text, got
+    if status >= 400 and isinstance(parsed, dict):
+        check_problem(parsed, status, got)
+    return status, parsed, got
+
+
+def check_problem(body: dict, status: int | None = None, headers: dict[str, str] | None = None) -> None:
+    """Every JSON error answer of the service is an RFC 9457 problem with the status it was sent with."""
+    if headers is not None:
+        kind = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+        assert kind.startswith("application/problem+json"), (kind, body)
+    assert {"type", "title", "status", "detail", "code"} <= set(body), body
+    assert body["type"] == f"urn:phototag:problem:{body['code']}" and body["title"], body
+    if status is not None:
+        assert body["status"] == status, body
 
 
 def post_files(

@@ -176,12 +176,13 @@ def test_bad_set_option(synthetic_dataset, capsys, tmp_path):
     argv = ["train", str(synthetic_dataset), "--method", "mlp", "--set", "hidden=abc", "--out", str(tmp_path / "m")]
     code, _, err = run(capsys, argv)
     assert code == 2 and "Setting 'hidden' of MLPConfig must be int. Got 'abc'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
 
 
 def test_a_bug_shows_its_traceback_and_exit_code_3(capsys, monkeypatch):
-    import phototag.cli as cli
+    import phototag.cli.methods as methods_command
 
-    monkeypatch.setattr(cli, "cmd_methods", lambda args: {}["no such key"])
+    monkeypatch.setattr(methods_command, "cmd_methods", lambda args: {}["no such key"])
     code, _, err = run(capsys, ["methods"])
     assert code == 3 and "Traceback" in err and "KeyError" in err and "please report it" in err
 
@@ -235,3 +236,77 @@ def test_default_model_never_tags_an_unreadable_photo(tmp_path, capsys):
     assert main(["-q", "tag", str(good), str(broken), "--top-k", "3", "--write", "xmp"]) == 1
     assert (tmp_path / "good.jpg.xmp").is_file()
     assert not (tmp_path / "broken.jpg.xmp").exists()
+
+
+def test_tag_one_photo_quiet_after_the_command(tmp_path, capsys):
+    """`phototag tag photo.jpg -q --top-k 3`: global options after the command, three tags, nothing on stderr."""
+    from PIL import Image
+
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, size=(120, 160, 3), dtype=np.uint8)).save(photo)
+    code, out, err = run(capsys, ["tag", str(photo), "-q", "--top-k", "3", "--format", "jsonl"])
+    assert code == 0 and err == ""
+    (line,) = [json.loads(row) for row in out.splitlines()]
+    assert line["image"] == str(photo) and len(line["tags"]) == 3
+
+
+def test_choices_come_from_the_registries(capsys):
+    from phototag.cli import build_parser
+    from phototag.importers import list_importers
+    from phototag.methods import list_methods, method_names
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    kinds = next(a for a in commands["import"]._actions if a.dest == "kind")
+    assert list(kinds.choices) == list_importers() and "library" in kinds.choices
+    methods = next(a for a in commands["train"]._actions if a.dest == "method")
+    assert list(methods.choices) == method_names() == list_methods()
+    with pytest.raises(SystemExit) as usage_error:  # argparse: usage on stderr, exit 2
+        main(["train", "/nowhere", "--method", "no_such_method", "--out", "/tmp/x"])
+    err = capsys.readouterr().err
+    assert usage_error.value.code == 2 and "invalid choice: 'no_such_method'" in err and "'knn'" in err
+
+
+def test_methods_speak_plain_words(capsys):
+    code, out, _ = run(capsys, ["methods"])
+    assert code == 0
+    for jargon in ("seed 0", "seeds ", "spine", "system 1", "system 5", "et al", "DR-EL", "WSABIE:"):
+        assert jargon not in out, jargon
+
+
+def test_backbone_is_honoured_by_cnn(synthetic_dataset, tmp_path, capsys):
+    """`train --method cnn --backbone NAME` fine-tunes that backbone (it used to train efficientnet_lite0)."""
+    pytest.importorskip("torch")
+    from phototag.model import load_model
+
+    out = tmp_path / "cnn"
+    tiny = ["input_size=64", "transfer_epochs=1", "finetune_epochs=0", "batch_size=16"]
+    argv = ["-q", "train", str(synthetic_dataset), "--method", "cnn", "--backbone", "efficientnet_lite1", "--out"]
+    code, _, err = run(capsys, [*argv, str(out), *[x for pair in tiny for x in ("--set", pair)]])
+    assert code == 0, err
+    model = load_model(out)
+    assert model.method.config.backbone == "efficientnet_lite1"
+    assert json.loads((out / "phototag_model.json").read_text())["config"]["backbone"] == "efficientnet_lite1"
+
+
+def test_backbone_is_refused_where_members_name_theirs(synthetic_dataset, tmp_path, capsys):
+    argv = ["train", str(synthetic_dataset), "--method", "ensemble", "--backbone", "efficientnet_lite1"]
+    code, _, err = run(capsys, [*argv, "--out", str(tmp_path / "m")])
+    assert code == 2 and "--backbone applies to methods on one backbone's features" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
+
+
+def test_cache_dir_is_honoured_by_ensemble(synthetic_dataset, tmp_path, capsys):
+    """`train --method ensemble --cache-dir X` keeps its members' features in X (it used to write nothing there)."""
+    cache = tmp_path / "cache"
+    settings = ["members=[knn@efficientnet_lite0]", "combiner=average", "stack_folds=0"]
+    argv = ["-q", "train", str(synthetic_dataset), "--method", "ensemble", "--cache-dir", str(cache)]
+    code, _, err = run(capsys, [*argv, "--out", str(tmp_path / "m"), *[x for s in settings for x in ("--set", s)]])
+    assert code == 0, err
+    stored = [p for p in cache.rglob("*") if p.is_file()]
+    assert stored and any("efficientnet_lite0" in str(p) for p in stored)
+
+
+def test_combiner_is_refused_for_other_methods(trained, synthetic_photos, capsys):
+    image = str(sorted((synthetic_photos / "img" / "test").iterdir())[0])
+    code, _, err = run(capsys, ["predict", str(trained), image, "--combiner", "vote"])
+    assert code == 2 and "--combiner applies to ensemble models; this model's method is 'mlp'" in err

@@ -111,7 +111,8 @@ def test_stacker_learns_from_out_of_fold_scores_only(ensemble_model, synthetic_d
 def test_features_follow_the_predict_cache_and_the_service_keeps_none(ensemble_model, synthetic_dataset, tmp_path):
     from PIL import Image
 
-    from phototag.service import DecodedImage, make_scorer
+    from phototag.serve.batching import make_scorer
+    from phototag.serve.uploads import DecodedImage
 
     model = TagModel.load(ensemble_model[1])
     ds = Dataset.load(synthetic_dataset)

@@ -90,7 +90,7 @@ pytest.importorskip("fastapi", reason='the service needs the "serve" extra')
 
 from broken_images import jpeg  # noqa: E402
 from live_server import post_files, request, running_server, shared_default_model  # noqa: E402
-from phototag.service import ServiceConfig, create_app  # noqa: E402
+from phototag.serve import ServiceConfig, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +119,9 @@ def test_fuzzed_query_values_get_200_or_a_clear_422(live, key, value):
     status, body, _ = post_files(f"{url}/v1/tag?{query}", [("files", "a.jpg", jpeg(), "image/jpeg")])
     assert status in (200, 422), (status, body)
     if status == 422:
-        assert body["error"] == "invalid_request" and key in body["detail"]
+        assert body["code"] == "invalid_request" and key in body["detail"]
         return
-    tags = body[0]["tags"]
+    tags = body["results"][0]["tags"]
     if key == "threshold":
         threshold = float(value)
         assert math.isfinite(threshold) and 0 <= threshold <= 1
@@ -153,7 +153,7 @@ def test_fuzzed_feedback_payloads_never_store_a_bad_tag(live, tag, decision, sco
     if status == 200:
         assert use_stored_id and answer["tag"] == clean_tag(tag) and decision in ("accept", "reject", "clear")
     else:
-        assert answer["error"] in ("invalid_request", "unknown_image") and "\n" not in answer["detail"]
+        assert answer["code"] in ("invalid_request", "unknown_image") and "\n" not in answer["detail"]
 
 
 def test_every_stored_fuzzed_tag_is_a_valid_tag(live):

@@ -5,7 +5,16 @@ import io
 import pytest
 from PIL import Image
 
-from phototag.images import ImageLoadError, decode_image, describe_failures, find_images, load_image
+from phototag.errors import PhototagError
+from phototag.images import (
+    CorruptImageError,
+    ImageLoadError,
+    ImageTooLargeError,
+    decode_image,
+    describe_failures,
+    find_images,
+    load_image,
+)
 
 
 def _png(mode: str = "RGB", size=(8, 6), color=0) -> bytes:
@@ -81,7 +90,7 @@ def test_transparent_png_is_composited_on_white():
 
 def test_truncated_jpeg_is_an_error():
     data = _jpeg()
-    with pytest.raises(ImageLoadError, match="truncated"):
+    with pytest.raises(CorruptImageError, match="truncated"):
         decode_image(data[: len(data) // 2], source="half.jpg")
 
 
@@ -102,9 +111,12 @@ def test_empty_and_missing_files(tmp_path):
 
 def test_decompression_bomb_is_refused_before_decoding():
     data = _png("L", size=(4000, 3000))
-    with pytest.raises(ImageLoadError, match="over the limit"):
+    with pytest.raises(ImageTooLargeError, match="over the limit") as refused:
         decode_image(data, max_pixels=1_000_000)
     assert decode_image(data, max_pixels=None).size == (4000, 3000)
+    # What the error is decides how it is reported (HTTP status, CLI exit code), never its wording.
+    assert isinstance(refused.value, PhototagError) and refused.value.http_status == 413
+    assert ImageLoadError("x.jpg", "file is empty").http_status == 422 and refused.value.exit_code == 2
 
 
 def test_exif_orientation_is_applied():

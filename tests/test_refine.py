@@ -224,3 +224,12 @@ def test_refine_beats_user_tags_on_noisy_corel5k(corel5k_features):
     config = {"knowledge": "none", "phi0_epochs": 20, "epochs": 1, "hidden": 128, "n_candidates": 64}
     _, refined = refine_scores("refine", {"features": x[rows]}, noisy, names, config=config, progress=False)
     assert mean_average_precision(truth[rows], refined) > mean_average_precision(truth[rows], noisy) + 0.02
+
+
+def test_methods_declare_that_they_refine_their_training_scores():
+    """training_scores reads refined_scores_ from the methods that declare the capability, not by probing."""
+    from phototag.methods import RefinesTrainingScores, get_method_class
+
+    candidates = ("refine", "tag_vote", "rpca", "user_tags", "tag_cooccur", "knn")
+    declared = {name for name in candidates if issubclass(get_method_class(name), RefinesTrainingScores)}
+    assert declared == {"refine", "tag_vote", "rpca"}

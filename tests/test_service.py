@@ -20,8 +20,11 @@ pytest.importorskip("fastapi", reason='the service needs the "serve" extra')
 pytest.importorskip("uvicorn", reason='the service needs the "serve" extra')
 
 from live_server import post_files, post_json, request, running_server, shared_default_model  # noqa: E402
+from phototag import __version__  # noqa: E402
 from phototag.cli import example_images  # noqa: E402
-from phototag.service import MicroBatcher, ServiceConfig, create_app  # noqa: E402
+from phototag.serve import ServiceConfig, create_app, model_identity  # noqa: E402
+from phototag.serve.batching import MicroBatcher  # noqa: E402
+from phototag.serve.identity import directory_fingerprint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,14 +62,24 @@ def server(default_model, tmp_path_factory):
         yield url, db
 
 
-def test_tag_has_predict_jsonl_shape_and_values(server, photos, default_model):
+def test_tag_answers_the_model_and_results_of_predict_jsonl_shape(server, photos, default_model):
     url, _ = server
     status, body, _ = post_files(f"{url}/v1/tag?top_k=5", [upload(p) for p in photos])
     assert status == 200, body
+    assert set(body) == {"model", "results"}
+    fingerprint = directory_fingerprint(default_model.path)
+    assert body["model"] == {
+        "id": f"sha256:{fingerprint[:16]}",
+        "version": f"{__version__}+{default_model.method.name}.{fingerprint[:8]}",
+        "vocabulary_size": 260,
+        "name": f"{default_model.method.name}@default_model",
+        "method": default_model.method.name,
+    }
     expected, failures = default_model.predict(photos, top_k=5)
     assert not failures
-    assert [b["image"] for b in body] == [p.name for p in photos]
-    for got, want in zip(body, expected, strict=True):
+    results = body["results"]
+    assert [b["image"] for b in results] == [p.name for p in photos]
+    for got, want in zip(results, expected, strict=True):
         assert set(got) == {"image", "tags"}
         assert [t["tag"] for t in got["tags"]] == [t["tag"] for t in want["tags"]]
         np.testing.assert_allclose([t["score"] for t in got["tags"]], [t["score"] for t in want["tags"]], atol=2e-3)
@@ -77,42 +90,49 @@ def test_balanced_top_k_follows_the_model(server, photos, default_model):
     status, body, _ = post_files(f"{url}/v1/tag?top_k=4&balanced=true", [upload(p) for p in photos])
     assert status == 200, body
     expected, _ = default_model.predict(photos, top_k=4, balanced=True)
-    assert [[t["tag"] for t in b["tags"]] for b in body] == [[t["tag"] for t in e["tags"]] for e in expected]
+    assert [[t["tag"] for t in b["tags"]] for b in body["results"]] == [[t["tag"] for t in e["tags"]] for e in expected]
 
 
 def test_threshold_and_default_rule(server, photos):
     url, _ = server
     status, body, _ = post_files(f"{url}/v1/tag?threshold=0.15", [upload(photos[0])])
     assert status == 200
-    scores = [t["score"] for t in body[0]["tags"]]
+    scores = [t["score"] for t in body["results"][0]["tags"]]
     assert all(s >= 0.15 for s in scores) and scores == sorted(scores, reverse=True)
     status, body, _ = post_files(f"{url}/v1/tag", [upload(photos[0])])
     assert status == 200
-    assert len(body[0]["tags"]) <= 15 and all(t["score"] >= 0.3 for t in body[0]["tags"])
+    tags = body["results"][0]["tags"]
+    assert len(tags) <= 15 and all(t["score"] >= 0.3 for t in tags)
 
 
 def test_vocabulary_healthz_and_docs(server, default_model):
     url, _ = server
     status, body, _ = request(f"{url}/v1/tags")
     assert status == 200 and body["tags"] == default_model.tags and body["n_tags"] == 260
+    assert body["model"] == model_identity(default_model).to_dict()
     status, health, _ = request(f"{url}/healthz")
     assert (
         status == 200 and health["status"] == "ok" and health["model"] == f"{default_model.method.name}@default_model"
     )
+    assert health["model_id"] == model_identity(default_model).id
     status, schema, _ = request(f"{url}/openapi.json")
     assert status == 200 and {"/v1/tag", "/v1/tags", "/healthz", "/v1/feedback"} <= set(schema["paths"])
     status, page, _ = request(f"{url}/docs")
     assert status == 200 and "swagger" in page.lower()
 
 
-def test_bad_requests_get_clear_json_errors(server, photos):
+def test_bad_requests_get_problem_details(server, photos):
+    """Errors are RFC 9457 problem details (live_server.request checks the media type and members of each)."""
     url, _ = server
-    status, body, _ = post_files(f"{url}/v1/tag", [("files", "notes.txt", b"hello", "text/plain")])
-    assert status == 415 and body["error"] == "unsupported_media_type" and "notes.txt" in body["detail"]
+    status, body, headers = post_files(f"{url}/v1/tag", [("files", "notes.txt", b"hello", "text/plain")])
+    assert status == 415 and body["code"] == "unsupported_media_type" and "notes.txt" in body["detail"]
+    assert body["type"] == "urn:phototag:problem:unsupported_media_type"
+    assert body["title"] == "Not an accepted image type" and body["status"] == 415
+    assert headers["content-type"] == "application/problem+json"
     status, body, _ = post_files(f"{url}/v1/tag", [("files", "broken.jpg", b"\xff\xd8not a jpeg", "image/jpeg")])
-    assert status == 422 and body["error"] == "bad_image" and "broken.jpg" in body["detail"]
+    assert status == 422 and body["code"] == "bad_image" and "broken.jpg" in body["detail"]
     status, body, _ = post_files(f"{url}/v1/tag?top_k=0", [upload(photos[0])])
-    assert status == 422 and body["error"] == "invalid_request" and "top_k" in body["detail"]
+    assert status == 422 and body["code"] == "invalid_request" and "top_k" in body["detail"]
     status, body, _ = post_files(f"{url}/v1/tag", [], fields=[("user_tags", "beach")])
     assert status == 422 and "files" in body["detail"]
     status, body, _ = post_files(
@@ -122,7 +142,7 @@ def test_bad_requests_get_clear_json_errors(server, photos):
     )
     assert status == 422 and "3 user_tags values for 2 images" in body["detail"]
     status, body, _ = request(f"{url}/v1/nothing")
-    assert status == 404 and body["error"] == "not_found"
+    assert status == 404 and body["code"] == "not_found"
 
 
 def test_limits_and_token(default_model, photos, monkeypatch):
@@ -139,14 +159,14 @@ def test_limits_and_token(default_model, photos, monkeypatch):
     assert len(noisy.getvalue()) > 200_000
     with running_server(app) as url:
         status, body, headers = post_files(f"{url}/v1/tag", [("files", "a.png", small.getvalue(), "image/png")])
-        assert status == 401 and body["error"] == "unauthorized" and headers.get("www-authenticate") == "Bearer"
+        assert status == 401 and body["code"] == "unauthorized" and headers.get("www-authenticate") == "Bearer"
         status, _, _ = post_files(
             f"{url}/v1/tag", [("files", "a.png", small.getvalue(), "image/png")], headers={"Authorization": "Bearer x"}
         )
         assert status == 401
         assert request(f"{url}/healthz")[0] == 200  # no token needed
         status, body, _ = post_files(f"{url}/v1/tag", [("files", "a.png", small.getvalue(), "image/png")], headers=auth)
-        assert status == 200 and body[0]["image"] == "a.png"
+        assert status == 200 and body["results"][0]["image"] == "a.png"
         status, body, _ = post_files(
             f"{url}/v1/tag", [("files", "big.png", large.getvalue(), "image/png")], headers=auth
         )
@@ -155,7 +175,7 @@ def test_limits_and_token(default_model, photos, monkeypatch):
         assert status == 413 and "200,000 bytes" in body["detail"]
         three = [("files", f"{i}.png", small.getvalue(), "image/png") for i in range(3)]
         status, body, _ = post_files(f"{url}/v1/tag", three, headers=auth)
-        assert status == 413 and body["error"] == "too_many_files"
+        assert status == 413 and body["code"] == "too_many_files"
         # Refused from the declared length, before any of the body is read (a 1 MB body would race the answer).
         form = "multipart/form-data; boundary=b"
         too_long = {**auth, "Content-Length": "1000001"}
@@ -182,8 +202,8 @@ def test_concurrent_requests_each_get_their_own_answer(server, photos, default_m
     assert len(results) == 9
     for i, (status, body, _) in results.items():
         photo = photos[i % len(photos)]
-        assert status == 200 and body[0]["image"] == photo.name
-        assert [t["tag"] for t in body[0]["tags"]] == [t["tag"] for t in expected[photo.name]]
+        assert status == 200 and body["results"][0]["image"] == photo.name
+        assert [t["tag"] for t in body["results"][0]["tags"]] == [t["tag"] for t in expected[photo.name]]
     assert after["images_scored"] - before["images_scored"] == 9
     assert after["batches"] - before["batches"] <= 9
 
@@ -232,7 +252,7 @@ def test_feedback_api_and_export(server, photos, tmp_path):
     )
     assert post_json(f"{url}/v1/feedback", {"image_id": image_id, "tag": "tiger", "decision": "reject"})[0] == 200
     status, body, _ = post_json(f"{url}/v1/feedback", {"image_id": "0" * 40, "tag": "cat", "decision": "accept"})
-    assert status == 404 and body["error"] == "unknown_image"
+    assert status == 404 and body["code"] == "unknown_image"
     status, body, _ = post_json(f"{url}/v1/feedback", {"image_id": image_id, "tag": "cat", "decision": "maybe"})
     assert status == 422 and "decision" in body["detail"]
     with FeedbackStore(db) as store:
@@ -266,7 +286,7 @@ def test_serve_command_default_model_and_graceful_stop(photos, tmp_path):
         )
         url = line.split(" at ")[1].split()[0]
         status, body, _ = post_files(f"{url}/v1/tag?top_k=2", [upload(photos[0])])  # waits for start-up
-        assert status == 200 and len(body[0]["tags"]) == 2
+        assert status == 200 and len(body["results"][0]["tags"]) == 2
         process.send_signal(signal.SIGTERM)
         # uvicorn re-raises the signal after its graceful shutdown, so the exit status is the signal's.
         assert process.wait(30) in (0, -signal.SIGTERM)
@@ -294,8 +314,32 @@ def test_a_failing_model_gives_a_json_500_and_the_server_keeps_serving(photos):
     with running_server(create_app(broken)) as url:
         for _ in range(2):
             status, body, _ = post_files(f"{url}/v1/tag", [upload(photos[0])])
-            assert status == 500 and body["error"] == "internal_error"
+            assert status == 500 and body["code"] == "internal_error"
         assert request(f"{url}/healthz")[1]["status"] == "ok"
+
+
+def test_model_identity_follows_the_model_files(tmp_path):
+    """Same files, same id (on re-save too); another decision rule or other weights, another id and version."""
+    from phototag.methods import create_method
+    from phototag.model import TagModel
+    from phototag.vocab import TagVocabulary
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(6, 8)).astype(np.float32)
+    method = create_method("knn").fit({"features": features}, np.eye(6, 2))
+    model = TagModel(method, TagVocabulary().fit([["a"], ["b"]]))
+    in_memory = model_identity(model)
+    assert in_memory.name == "knn@in-memory" and in_memory.vocabulary_size == 2
+    assert in_memory == model_identity(TagModel(method, TagVocabulary().fit([["a"], ["b"]])))
+    first = model_identity(TagModel.load(model.save(tmp_path / "one")))
+    again = model_identity(TagModel.load(model.save(tmp_path / "two")))
+    assert first.id == again.id and first.id.startswith("sha256:") and len(first.id) == len("sha256:") + 16
+    assert first.version == f"{__version__}+knn.{first.id[7:15]}" and first.name == "knn@one"
+    model.decision.threshold = 0.5
+    assert model_identity(TagModel.load(model.save(tmp_path / "one"))).id != first.id
+    other = create_method("knn").fit({"features": features + 1}, np.eye(6, 2))
+    changed = model_identity(TagModel.load(TagModel(other, model.vocab).save(tmp_path / "three")))
+    assert changed.id != first.id and changed.version != first.version
 
 
 def test_lang_translates_answers_and_unknown_languages_are_422(server, photos, default_model):
@@ -306,11 +350,12 @@ def test_lang_translates_answers_and_unknown_languages_are_422(server, photos, d
     assert status == 200
     status, german, _ = post_files(f"{url}/v1/tag?top_k=5&lang=de", [upload(photos[0])])
     assert status == 200
-    assert [t["tag"] for t in german[0]["tags"]] == [translate_tag(t["tag"], "de") for t in english[0]["tags"]]
-    assert [t["score"] for t in german[0]["tags"]] == [t["score"] for t in english[0]["tags"]]
+    english, german = english["results"][0]["tags"], german["results"][0]["tags"]
+    assert [t["tag"] for t in german] == [translate_tag(t["tag"], "de") for t in english]
+    assert [t["score"] for t in german] == [t["score"] for t in english]
     status, body, _ = post_files(f"{url}/v1/tag?lang=xx", [upload(photos[0])])
     assert (
-        status == 422 and body["error"] == "unknown_language" and "Supported languages: en (English)" in body["detail"]
+        status == 422 and body["code"] == "unknown_language" and "Supported languages: en (English)" in body["detail"]
     )
     status, body, _ = request(f"{url}/v1/languages")
     assert status == 200 and {"en", "de", "ja"} <= set(body["languages"]) and body["default"] == "en"
@@ -328,9 +373,9 @@ def test_serve_with_rules_and_a_default_language(default_model, photos):
     with running_server(app) as url:
         status, body, _ = post_files(f"{url}/v1/tag?top_k=5&lang=en", [upload(photos[0])])
         assert status == 200
-        got = [t["tag"] for t in body[0]["tags"]]
+        got = [t["tag"] for t in body["results"][0]["tags"]]
         assert first not in got and "renamed" in got and "parent" in got and rest[0] not in got
         status, french, _ = post_files(f"{url}/v1/tag?top_k=5", [upload(photos[0])])
-        assert status == 200 and "renamed" in [t["tag"] for t in french[0]["tags"]]  # not in the table: kept
+        assert status == 200 and "renamed" in [t["tag"] for t in french["results"][0]["tags"]]  # not in the table: kept
         status, config, _ = request(f"{url}/config.json")
         assert config["lang"] == "fr" and "ja" in config["languages"]

@@ -20,16 +20,10 @@ pytest.importorskip("fastapi", reason='the service needs the "serve" extra')
 pytest.importorskip("uvicorn", reason='the service needs the "serve" extra')
 
 from broken_images import broken_uploads, jpeg, png  # noqa: E402
-from live_server import post_files, post_json, request, running_server, shared_default_model  # noqa: E402
-from phototag.service import (  # noqa: E402
-    MicroBatcher,
-    QueueFullError,
-    ServiceConfig,
-    clean_upload_name,
-    create_app,
-    decode_reduced,
-    read_token_file,
-)
+from live_server import check_problem, post_files, post_json, request, running_server, shared_default_model  # noqa: E402
+from phototag.serve import ServiceConfig, create_app, read_token_file  # noqa: E402
+from phototag.serve.batching import MicroBatcher, QueueFullError  # noqa: E402
+from phototag.serve.uploads import clean_upload_name, decode_reduced  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +47,17 @@ def test_each_broken_image_fails_only_its_own_entry(server):
     files += [("files", "good2.png", png((120, 90)), "image/png")]
     status, body, _ = post_files(f"{server}/v1/tag?top_k=3", files[:16])
     assert status == 200, body
-    assert [entry["image"] for entry in body] == [f[1] for f in files[:16]]
-    assert len(body[0]["tags"]) == 3 and len(body[-1]["tags"]) == 3 and "error" not in body[0]
+    results = body["results"]
+    assert [entry["image"] for entry in results] == [f[1] for f in files[:16]]
+    assert len(results[0]["tags"]) == 3 and len(results[-1]["tags"]) == 3 and "error" not in results[0]
     codes = {415: "unsupported_media_type", 413: ("bad_image", "payload_too_large"), 422: "bad_image"}
-    for entry in body[1:-1]:
+    for entry in results[1:-1]:
         _, _, expected_status = broken[entry["image"]]
-        assert "tags" not in entry and entry["error"] in codes[expected_status], entry
-        assert entry["detail"].startswith(f"'{entry['image']}'") or entry["detail"].startswith(entry["image"])
-        no_server_paths(entry["detail"])
+        error = entry["error"]
+        assert "tags" not in entry and error["code"] in codes[expected_status], entry
+        check_problem(error, expected_status)  # the status the image alone would get
+        assert error["detail"].startswith(f"'{entry['image']}'") or error["detail"].startswith(entry["image"])
+        no_server_paths(error["detail"])
 
 
 @pytest.mark.parametrize("name", sorted(broken_uploads()))
@@ -77,8 +74,8 @@ def test_hostile_file_names_are_cleaned_and_answered(server):
     files = [("files", n, jpeg(seed=i), "image/jpeg") for i, n in enumerate(names)]
     status, body, _ = post_files(f"{server}/v1/tag?top_k=2", files)
     assert status == 200, body
-    assert [b["image"] for b in body] == ["x", "passwd.jpg", "abc.jpg", "beach.jpg", "upload", "é" * 200]
-    assert all(len(b["tags"]) == 2 for b in body)
+    assert [b["image"] for b in body["results"]] == ["x", "passwd.jpg", "abc.jpg", "beach.jpg", "upload", "é" * 200]
+    assert all(len(b["tags"]) == 2 for b in body["results"])
 
 
 def test_clean_upload_name_keeps_ordinary_names():
@@ -111,7 +108,7 @@ def test_one_failing_request_does_not_fail_its_batch():
 
 # --- finding 3: memory, queue, slow clients -------------------------------------------------------------------------
 def test_large_photos_are_decoded_at_reduced_size():
-    from phototag.service_app import draft_rule
+    from phototag.serve.uploads import draft_rule
 
     big = jpeg((4000, 3000), quality=80)
     image = decode_reduced(big, source="big.jpg", max_pixels=40_000_000, side=768)
@@ -133,9 +130,9 @@ def test_a_large_jpeg_gets_the_scores_predict_gives(server, tmp_path):
     assert status == 200, body
     expected, failures = shared_default_model().predict([path], top_k=5)
     assert not failures
-    assert [t["tag"] for t in body[0]["tags"]] == [t["tag"] for t in expected[0]["tags"]]
+    assert [t["tag"] for t in body["results"][0]["tags"]] == [t["tag"] for t in expected[0]["tags"]]
     np.testing.assert_allclose(
-        [t["score"] for t in body[0]["tags"]], [t["score"] for t in expected[0]["tags"]], atol=1e-3
+        [t["score"] for t in body["results"][0]["tags"]], [t["score"] for t in expected[0]["tags"]], atol=1e-3
     )
 
 
@@ -144,13 +141,14 @@ def test_request_pixel_budget_and_per_image_limit(tmp_path):
     with running_server(create_app(shared_default_model(), config)) as url:
         two = [("files", f"{i}.png", png((700, 700)), "image/png") for i in range(3)]
         status, body, _ = post_files(f"{url}/v1/tag", two)
-        assert status == 413 and body["error"] == "too_many_pixels" and "1,000,000" in body["detail"]
+        assert status == 413 and body["code"] == "too_many_pixels" and "1,000,000" in body["detail"]
         status, body, _ = post_files(
             f"{url}/v1/tag",
             [("files", "a.png", png((500, 500)), "image/png"), ("files", "b.png", png((800, 800)), "image/png")],
         )
-        assert status == 200 and "tags" in body[0] and body[1]["error"] == "bad_image"
-        assert "over the limit of 600,000" in body[1]["detail"]
+        first, second = body["results"]
+        assert status == 200 and "tags" in first and second["error"]["code"] == "bad_image"
+        assert second["error"]["status"] == 413 and "over the limit of 600,000" in second["error"]["detail"]
 
 
 def test_full_queue_answers_503_with_retry_after():
@@ -173,7 +171,7 @@ def test_full_queue_answers_503_with_retry_after():
         while batcher.pending < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         status, body, headers = post_files(f"{url}/v1/tag", photo)
-        assert status == 503 and body["error"] == "busy"
+        assert status == 503 and body["code"] == "busy"
         assert 1 <= int(headers["retry-after"]) <= 60
         assert request(f"{url}/healthz")[1]["refused_busy"] == 1  # health answers while the model is busy
         gate.set()
@@ -215,7 +213,7 @@ def test_slow_clients_are_cut_off_and_others_keep_answering():
         )
         started = time.monotonic()
         status, body, _ = post_files(f"{url}/v1/tag?top_k=1", [("files", "ok.jpg", jpeg(), "image/jpeg")])
-        assert status == 200 and len(body[0]["tags"]) == 1  # served while three slow clients hang on
+        assert status == 200 and len(body["results"][0]["tags"]) == 1  # served while three slow clients hang on
         for sock in (slow_headers, silent):
             assert sock.recv(100) == b""  # closed by the server
         answer = b""
@@ -232,14 +230,14 @@ def test_slow_clients_are_cut_off_and_others_keep_answering():
 def test_foreign_host_and_cross_origin_writes_are_refused_without_a_token(server):
     photo = [("files", "a.jpg", jpeg(), "image/jpeg")]
     status, body, _ = post_files(f"{server}/v1/tag", photo, headers={"Host": "evil.example"})
-    assert status == 400 and body["error"] == "invalid_host" and "evil.example" in body["detail"]
+    assert status == 400 and body["code"] == "invalid_host" and "evil.example" in body["detail"]
     status, _, _ = request(f"{server}/v1/tags", headers={"Host": "rebound.example:8000"})
     assert status == 400
     port = server.rsplit(":", 1)[1]
     for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
         assert request(f"{server}/v1/tags", headers={"Host": host})[0] == 200
     status, body, _ = post_files(f"{server}/v1/tag", photo, headers={"Origin": "https://evil.example"})
-    assert status == 403 and body["error"] == "cross_origin"
+    assert status == 403 and body["code"] == "cross_origin"
     status, body, _ = post_json(
         f"{server}/v1/feedback", {"image_id": "0" * 40, "tag": "x", "decision": "accept"}, {"Origin": "null"}
     )
@@ -314,7 +312,7 @@ def test_feedback_fields_are_validated(server, payload, message):
     good = {"image_id": "0" * 40, "tag": "sky", "decision": "accept", "score": 0.5}
     body = json.dumps({**good, **payload}, allow_nan=True).encode()
     status, answer, _ = request(f"{server}/v1/feedback", method="POST", body=body, content_type="application/json")
-    assert status == 422 and answer["error"] == "invalid_request", answer
+    assert status == 422 and answer["code"] == "invalid_request", answer
     assert any(part in answer["detail"] for part in message.split("|")), answer["detail"]
     assert len(answer["detail"]) < 1100  # a 1 MB value is never echoed back
 
@@ -322,7 +320,7 @@ def test_feedback_fields_are_validated(server, payload, message):
 @pytest.mark.parametrize("query", ["threshold=nan", "threshold=inf", "threshold=-0.1", "threshold=1.5", "top_k=100001"])
 def test_non_finite_or_out_of_range_query_values_are_refused(server, query):
     status, body, _ = post_files(f"{server}/v1/tag?{query}", [("files", "a.jpg", jpeg(), "image/jpeg")])
-    assert status == 422 and body["error"] == "invalid_request", body
+    assert status == 422 and body["code"] == "invalid_request", body
 
 
 def test_bad_user_tags_are_refused(server):

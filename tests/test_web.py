@@ -18,7 +18,7 @@ pytest.importorskip("fastapi", reason='the service needs the "serve" extra')
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
 
 from live_server import running_server, shared_default_model  # noqa: E402
-from phototag.service import ServiceConfig, create_app  # noqa: E402
+from phototag.serve import ServiceConfig, create_app, model_identity  # noqa: E402
 
 BROWSER_FLAGS = (
     "--headless=new",
@@ -90,6 +90,7 @@ def test_upload_see_tags_accept_and_store_feedback(browser, tmp_path):
         browser.find_element(By.ID, "files").send_keys(str(photo))
         card = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "article.photo[data-state]"))
         assert card.get_attribute("data-state") == "tagged", card.text
+        assert card.get_attribute("data-model") == model_identity(model).id  # read from the answer's envelope
         rows = card.find_elements(By.CSS_SELECTOR, ".tag")
         assert [r.get_attribute("data-tag") for r in rows] == [t["tag"] for t in expected]
         width = rows[0].find_element(By.CSS_SELECTOR, ".bar span").get_attribute("style")

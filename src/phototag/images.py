@@ -16,6 +16,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import PhototagError
+
 log = logging.getLogger(__name__)
 
 #: HEIF-family photos (phones since 2017): HEIC/HEIF via pillow-heif, AVIF via Pillow's own plugin.
@@ -36,13 +38,30 @@ FORMATS_EXTRA_HINT = "pip install 'phototag[formats]'"
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
-class ImageLoadError(Exception):
-    """An image could not be read. ``path`` names the file, ``reason`` says why in one line."""
+class ImageLoadError(PhototagError):
+    """An image could not be read. ``path`` names the file, ``reason`` says why in one line.
+
+    The subclasses say what kind of failure it was, so callers (the service's HTTP status, the head-only size check)
+    decide by class, never by the wording of ``reason``.
+    """
+
+    http_status = 422
+    code = "bad_image"
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class ImageTooLargeError(ImageLoadError):
+    """The picture is over the pixel limit, or PIL refused it as a possible decompression bomb."""
+
+    http_status = 413
+
+
+class CorruptImageError(ImageLoadError):
+    """The file starts like an image but its data is corrupt or cut short."""
 
 
 def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -110,7 +129,7 @@ def decode_image(
     if special is not None:
         width, height = special.size
         if max_pixels is not None and width * height > max_pixels:
-            raise ImageLoadError(source, f"image is {width}x{height}, over the limit of {max_pixels:,} pixels")
+            raise ImageTooLargeError(source, f"image is {width}x{height}, over the limit of {max_pixels:,} pixels")
         return _to_rgb(special)
     try:
         with warnings.catch_warnings():
@@ -118,7 +137,7 @@ def decode_image(
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
-                raise ImageLoadError(
+                raise ImageTooLargeError(
                     source,
                     f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}; "
                     "raise max_pixels if the file is trusted",
@@ -135,10 +154,10 @@ def decode_image(
     except UnidentifiedImageError:
         raise ImageLoadError(source, "not an image file PIL can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(source, f"refused as a possible decompression bomb ({err})") from None
+        raise ImageTooLargeError(source, f"refused as a possible decompression bomb ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:
         # PIL reports truncated or corrupt data as OSError ("image file is truncated"), SyntaxError or ValueError.
-        raise ImageLoadError(source, f"corrupt or truncated image ({err})") from None
+        raise CorruptImageError(source, f"corrupt or truncated image ({err})") from None
 
 
 def _is_heif(data: bytes) -> bool:

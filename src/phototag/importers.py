@@ -18,19 +18,20 @@ import logging
 import math
 import os
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import library as _library  # noqa: F401  (registers the "library" importer)
 from .data import SPLITS, Dataset, ImageRecord, seeded_split, split_tag_string
+from .importer_registry import Importer, get_importer, list_importers, register_importer
 from .vocab import normalize_tag
 
-log = logging.getLogger(__name__)
+__all__ = ["Importer", "RawDataError", "get_importer", "list_importers", "register_importer", "run_importer"]
 
-Importer = Callable[..., Dataset]
-_IMPORTERS: dict[str, Importer] = {}
+log = logging.getLogger(__name__)
 
 #: Column order of MIRFLICKR-25K's 24 labels (../shared/data/README.md).
 MIRFLICKR_LABELS = [
@@ -65,20 +66,6 @@ class RawDataError(ValueError):
     """Raw data that cannot be imported (names the file and what is wrong)."""
 
 
-def register_importer(name: str) -> Callable[[Importer], Importer]:
-    def decorate(function: Importer) -> Importer:
-        if name in _IMPORTERS:
-            raise ValueError(f"An importer named '{name}' is already registered.")
-        _IMPORTERS[name] = function
-        return function
-
-    return decorate
-
-
-def list_importers() -> list[str]:
-    return sorted(_IMPORTERS)
-
-
 def run_importer(
     kind: str,
     src: str | os.PathLike,
@@ -100,12 +87,11 @@ def run_importer(
     Returns:
         The saved dataset.
     """
-    if kind not in _IMPORTERS:
-        raise ValueError(f"Unknown dataset kind '{kind}'. Known kinds: {', '.join(list_importers())}.")
+    importer = get_importer(kind)
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"Source '{src}' does not exist; give the folder (or CSV file) of the raw {kind} data.")
-    dataset = _IMPORTERS[kind](src, **(options or {}))
+    dataset = importer(src, **(options or {}))
     if not dataset.split("train"):
         raise RawDataError(
             f"{src}: no training records after import (records per split: {dataset.split_counts()}); "
@@ -522,7 +508,3 @@ def _import_mirflickr_matrices(src: Path, *, seed: int = 0) -> Dataset:
         "import": _report(len(records), records, []),
     }
     return Dataset(records, name="mirflickr25k", info=info)
-
-
-# The photo-library importer lives in its own module; importing it registers "library".
-from . import library as _library  # noqa: E402, F401

@@ -18,12 +18,16 @@ from typing import Any
 
 import yaml
 
+from .errors import BadInputError
+
 TRANSLATIONS_FILE = Path(__file__).resolve().parent / "data" / "keyword_translations.yaml"
 DEFAULT_LANGUAGE = "en"
 
 
-class UnknownLanguageError(ValueError):
+class UnknownLanguageError(BadInputError):
     """A language code the translation table does not have (the message lists the supported ones)."""
+
+    code = "unknown_language"
 
 
 @cache

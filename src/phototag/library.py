@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .data import Dataset, ImageRecord
 from .images import IMAGE_EXTENSIONS
-from .importers import register_importer
+from .importer_registry import register_importer
 from .xmp import XmpError, XmpPacket, read_embedded
 
 if TYPE_CHECKING:

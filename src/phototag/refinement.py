@@ -31,7 +31,7 @@ import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, BackboneSpec, resolve_spec
 from .data import Dataset, ImageRecord
-from .methods import TaggingMethod, create_method
+from .methods import RefinesTrainingScores, TaggingMethod, create_method
 from .model import DecisionRule
 from .pipeline import records_inputs
 from .runtime import RunOptions
@@ -65,11 +65,13 @@ def training_scores(method: TaggingMethod, inputs: Mapping[str, Any]) -> np.ndar
     """Refined scores ``(n, n_tags)`` of the images a method was just fitted on.
 
     Methods whose scores of their own training images differ from :meth:`~TaggingMethod.score` (transductive
-    ``rpca``, ``tag_vote`` which excludes the image itself from its neighbours, ``refine``) set ``refined_scores_``
-    in ``fit``; any other method scores the inputs again.
+    ``rpca``, ``tag_vote`` which excludes the image itself from its neighbours, ``refine``) declare it with
+    :class:`~phototag.methods.base.RefinesTrainingScores` and set ``refined_scores_`` in ``fit``; any other method
+    scores the inputs again.
     """
-    scores = getattr(method, "refined_scores_", None)
-    return np.asarray(scores, dtype=np.float32) if scores is not None else method.score(inputs)
+    if isinstance(method, RefinesTrainingScores):
+        return np.asarray(method.refined_scores_, dtype=np.float32)
+    return method.score(inputs)
 
 
 def tag_context_features(tags: np.ndarray, dim: int = 64, *, seed: int = 0) -> np.ndarray:

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from .errors import BadInputError
+
 RULES_ENV = "PHOTOTAG_RULES"
 #: Keys a rule may have (PhotoPrism's names on the right are accepted as aliases).
 RULE_KEYS = {"see": "see", "label": "see", "threshold": "threshold", "parents": "parents", "categories": "parents"}
@@ -37,8 +39,10 @@ RULE_KEYS |= {"priority": "priority", "block": "block"}
 NO_RULES = "none"
 
 
-class RulesError(ValueError):
+class RulesError(BadInputError):
     """The rules file is malformed (the one-line message names the file and the key)."""
+
+    code = "invalid_rules"
 
 
 @dataclass(frozen=True)

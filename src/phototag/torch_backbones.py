@@ -28,7 +28,7 @@ require_torch("building backbones")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from .backbones import (  # noqa: E402
+from .backbone_spec import (  # noqa: E402
     _OFFLINE_PREPROCESSING,
     OFFLINE_WEIGHTS,
     BackboneSpec,

@@ -6,12 +6,14 @@ from .base import (
     INPUT_KEYS,
     MissingInputError,
     NotFittedError,
+    RefinesTrainingScores,
     TaggingMethod,
     build_config,
     create_method,
     get_method_class,
     list_methods,
     method_descriptions,
+    method_names,
     register_method,
 )
 
@@ -19,11 +21,13 @@ __all__ = [
     "INPUT_KEYS",
     "MissingInputError",
     "NotFittedError",
+    "RefinesTrainingScores",
     "TaggingMethod",
     "build_config",
     "create_method",
     "get_method_class",
     "list_methods",
     "method_descriptions",
+    "method_names",
     "register_method",
 ]

@@ -293,6 +293,14 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint).replace("typing.", "")
 
 
+class RefinesTrainingScores:
+    """Capability mixin: the method's scores of the very images it was fitted on differ from :meth:`score` of them
+    (transductive ``rpca``, ``tag_vote`` which leaves an image out of its own neighbours, ``refine``); ``fit`` stores
+    them in ``refined_scores_`` ``(n_images, n_tags)``. :func:`phototag.refinement.training_scores` reads them."""
+
+    refined_scores_: np.ndarray
+
+
 # --- registry -----------------------------------------------------------------------------------------------------
 _REGISTRY: dict[str, type[TaggingMethod]] = {}
 
@@ -342,6 +350,12 @@ BUILTIN_METHODS: dict[str, str] = {
 def list_methods() -> list[str]:
     """Names of all registered methods (built-in ones included, imported or not), sorted."""
     _ensure_builtin_methods(skip_unimportable=True)
+    return sorted(set(_REGISTRY) | set(BUILTIN_METHODS))
+
+
+def method_names() -> list[str]:
+    """Names of the built-in methods and of those registered so far, sorted, without importing any method module
+    (fast: the command line's ``--method`` choices)."""
     return sorted(set(_REGISTRY) | set(BUILTIN_METHODS))
 
 

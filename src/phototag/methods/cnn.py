@@ -153,7 +153,7 @@ def _augmentation(cfg: CNNConfig):
 class CNNTagger(TaggingMethod):
     """A pretrained CNN with a new multi-label head, trained in two stages on image files."""
 
-    description = "seeds 10/000: pretrained CNN + Dense 512 head, transfer-learn then fine-tune the last blocks"
+    description = "pretrained CNN + Dense 512 head: transfer-learn, then fine-tune the last blocks on your photos"
     Config = CNNConfig
     data_keys = ("images",)
 

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ._training import StandardizedNet
-from .base import TaggingMethod, register_method
+from .base import RefinesTrainingScores, TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class _Head(StandardizedNet):
 
 
 @register_method("refine")
-class RefineTagger(TaggingMethod):
+class RefineTagger(RefinesTrainingScores, TaggingMethod):
     """Learns annotation from noisy user tags while refining them (visual, semantic and sparsity constraints).
 
     After :meth:`fit`, ``refined_scores_`` ``(n_images, n_tags)`` holds the refined tag scores of the fitted images

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._usertags import tag_index, user_tag_matrix
-from .base import TaggingMethod, register_method
+from .base import RefinesTrainingScores, TaggingMethod, register_method
 
 
 class _UserTagMethod(TaggingMethod):
@@ -130,14 +130,14 @@ class TagVoteConfig:
 
 
 @register_method("tag_vote")
-class TagVoteBaseline(_UserTagMethod):
+class TagVoteBaseline(RefinesTrainingScores, _UserTagMethod):
     """Neighbour voting (Li, Snoek & Worring 2009): relevance(t) = votes for t among k visual neighbours − k·prior(t).
 
     Scores are ``(votes + own tag) / (k + 1) − prior``: how much more often the neighbourhood has the tag than
     chance. When refining the fitted images, an image is never its own neighbour.
     """
 
-    description = "baseline: neighbour voting, tag votes of the k nearest images minus the tag prior (Li et al. 2009)"
+    description = "baseline: neighbour voting, tag votes of the k nearest images minus the tag prior"
     Config = TagVoteConfig
     data_keys = ("features", "user_tags")
 
@@ -201,7 +201,7 @@ class RPCAConfig:
 
 
 @register_method("rpca")
-class RPCABaseline(_UserTagMethod):
+class RPCABaseline(RefinesTrainingScores, _UserTagMethod):
     """Robust PCA of the tag matrix: G = L + S with L low-rank (the refined tags) and S sparse (the users' errors).
 
     Solved by the inexact augmented Lagrange multiplier method (Lin, Chen & Ma 2010). Transductive: scoring new

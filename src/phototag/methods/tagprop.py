@@ -76,7 +76,7 @@ class TagPropTagger(TaggingMethod):
     Scores are the model's tag probabilities in [0, 1].
     """
 
-    description = "TagProp (Guillaumin 2009): kNN votes with weights learned by maximum likelihood, per-tag sigmoids"
+    description = "kNN votes with neighbour weights learned by maximum likelihood, a sigmoid per tag"
     Config = TagPropConfig
     data_keys = ("features",)
     supports_update = True

@@ -63,7 +63,7 @@ class TwoPassKNNTagger(TaggingMethod):
     Scores lie in [0, 1] (the weighted share of the neighbourhood carrying the tag).
     """
 
-    description = "2PKNN (Verma 2012): two-pass kNN over per-tag neighbourhoods, exp(-w·d) votes; optional ML"
+    description = "two-pass kNN: per-tag neighbourhoods of the nearest photos, distance-weighted votes"
     Config = TwoPassKNNConfig
     data_keys = ("features",)
     supports_update = True

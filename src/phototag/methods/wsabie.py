@@ -90,7 +90,7 @@ class WSABIETagger(TaggingMethod):
     Scores are ``sigmoid(a·s + b)`` of the inner product with one global (a, b) (rankings unchanged).
     """
 
-    description = "WSABIE: linear projection of features into a tag-embedding space, inner product, WARP loss"
+    description = "ranking baseline: features projected into a tag-embedding space, trained with the WARP ranking loss"
     Config = WSABIEConfig
     data_keys = ("features",)
 

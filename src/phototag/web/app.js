@@ -19,8 +19,9 @@ async function api(path, options = {}) {
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
   if (!response.ok) {
+    // Errors are RFC 9457 problem details: `title` names the kind, `detail` says what went wrong this time.
     if (response.status === 401) $("token-box").hidden = false;
-    throw new Error((body && body.detail) || response.statusText);
+    throw new Error((body && (body.detail || body.title)) || response.statusText);
   }
   return body;
 }
@@ -158,10 +159,15 @@ async function tagPhoto(file) {
   const topK = parseInt($("top-k").value, 10);
   const query = Number.isFinite(topK) && topK > 0 ? "?top_k=" + topK : "";
   try {
-    const [prediction] = await api("/v1/tag" + query, { method: "POST", body: form });
-    photo.tags = prediction.tags;
+    // The answer names the model that spoke ({id, version, ...}) and holds one result per uploaded file.
+    const answer = await api("/v1/tag" + query, { method: "POST", body: form });
+    const [result] = answer.results;
+    if (result.error) throw new Error(result.error.detail || result.error.title);
+    card.dataset.model = answer.model.id;
+    card.title = "tagged by " + answer.model.name + " (" + answer.model.version + ")";
+    photo.tags = result.tags;
     photo.card = card;
-    renderTags(photo, card, prediction.tags);
+    renderTags(photo, card, result.tags);
     card.dataset.state = "tagged";
   } catch (err) {
     tags.textContent = err.message;

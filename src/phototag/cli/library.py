@@ -10,6 +10,8 @@ import argparse
 import sys
 
 from ..xmp import SIDECAR_NAMINGS, WRITE_MODES
+from .options import EXIT_OK, EXIT_PARTIAL, CLIError, find_image_paths, resolved_rules, run_options
+from .output import finish_predictions
 
 
 def _print_changes(changes, *, dry_run: bool, verb: str) -> None:
@@ -24,7 +26,6 @@ def _print_changes(changes, *, dry_run: bool, verb: str) -> None:
 
 def write_library_keywords(model, args: argparse.Namespace) -> int:
     """The ``tag --write`` branch: tag what needs it (see :func:`phototag.library.tag_library`); the exit code."""
-    from ..cli import EXIT_OK, EXIT_PARTIAL, CLIError, finish_predictions, resolved_rules, run_options
     from ..images import describe_failures
     from ..library import tag_library
 
@@ -63,7 +64,6 @@ def write_library_keywords(model, args: argparse.Namespace) -> int:
 
 def cmd_untag(args: argparse.Namespace) -> int:
     from ..catalog import TagCatalog
-    from ..cli import EXIT_OK, EXIT_PARTIAL, find_image_paths
     from ..images import describe_failures
     from ..xmp import remove_keywords
 

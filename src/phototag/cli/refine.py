@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli import EXIT_OK, EXIT_PARTIAL, load_config_file, parse_set_options, write_output
+from ..settings import method_settings
+from .options import EXIT_OK, EXIT_PARTIAL
+from .output import write_output
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
     from ..refinement import refine_dataset
 
-    config = load_config_file(args.config)
-    config.update(parse_set_options(args.set or []))
+    config = method_settings(args.config, args.set)
     result = refine_dataset(
         args.dataset,
         args.out,

@@ -7,7 +7,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from ..cli import EXIT_OK, CLIError
+from .options import EXIT_OK, CLIError
 
 log = logging.getLogger("phototag")
 

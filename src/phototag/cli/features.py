@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import EXIT_OK, EXIT_PARTIAL, CLIError, add_engine_options, add_run_options, cluster_options, run_options
+from .options import EXIT_OK, EXIT_PARTIAL, CLIError, add_engine_options, add_run_options, cluster_options, run_options
 
 
 def compute_dataset_features(args: argparse.Namespace):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .options import EXIT_OK, CLIError
+
 
 def cmd_feedback(args: argparse.Namespace) -> int:
     from ..feedback import FeedbackStore, default_feedback_path, existing_feedback_db, feedback_to_dataset
@@ -13,10 +15,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     if args.action == "summary":
         with FeedbackStore(existing_feedback_db(db)) as store:
             print(json.dumps({"db": str(db), **store.summary()}))
-        return 0
+        return EXIT_OK
     if args.out is None:
-        from ..cli import CLIError
-
         raise CLIError("feedback export needs --out DATASET_DIR (the dataset directory to write).")
     dataset, report = feedback_to_dataset(db, args.out)
     print(
@@ -24,7 +24,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         f"{report['accepted_tags']} accepted tag(s); {report['skipped_no_accepted']} photo(s) without an accepted "
         f"tag left out. Learn from it: phototag update MODEL_DIR {args.out}  (or phototag train {args.out})"
     )
-    return 0
+    return EXIT_OK
 
 
 def register(subparsers) -> None:

@@ -1,6 +1,13 @@
-"""The FastAPI routes of ``phototag serve`` (imported only when FastAPI is installed; see :mod:`phototag.service`).
+"""The FastAPI routes and middleware of ``phototag serve``: the only module of phototag that imports FastAPI.
 
-FastAPI reads the endpoint signatures' annotations, so the request and response models live at module level here.
+Imported when an app is built (:func:`phototag.serve.create_app`). FastAPI reads the endpoint signatures'
+annotations, so the request and response models live at module level here.
+
+Hardening (docs/security.md has the threat model): in a request of several images, a file that cannot be read or
+scored fails only its own entry (``{"image", "error": problem}``); large photos are decoded at a reduced size (the
+model looks at about 300 pixels) under a pixel budget shared by all requests, and a request's total pixels are
+limited; a full queue answers 503 with ``Retry-After``; slow clients are cut off (header and body deadlines); a
+token-less server answers only for its allowed host names and refuses cross-origin writes.
 """
 
 from __future__ import annotations
@@ -23,29 +30,26 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__
-from .feedback import FeedbackDecision, FeedbackStore, clean_user_tags
-from .images import ImageLoadError
-from .languages import UnknownLanguageError, check_language, supported_languages, translate_predictions, translate_tag
-from .model import TagModel
-from .rules import Rules, apply_rules, rule_labels
-from .service import (
-    IMAGE_CONTENT_TYPES,
-    WEB_DIR,
-    DecodedImage,
-    MicroBatcher,
-    PixelBudget,
-    QueueFullError,
-    ServiceConfig,
-    ServiceError,
-    allowed_host_names,
-    clean_upload_name,
-    decode_reduced,
-    image_size,
-    make_scorer,
+from .. import __version__
+from ..errors import PhototagError
+from ..feedback import FeedbackDecision, FeedbackStore, clean_user_tags
+from ..images import CorruptImageError, ImageLoadError
+from ..languages import (
+    UnknownLanguageError,
+    check_language,
+    supported_languages,
+    translate_predictions,
+    translate_tag,
 )
+from ..model import TagModel
+from ..rules import Rules, apply_rules, rule_labels
+from .batching import MicroBatcher, QueueFullError, make_scorer
+from .config import IMAGE_CONTENT_TYPES, WEB_DIR, ServiceConfig, allowed_host_names
+from .identity import ModelIdentity
+from .problems import PROBLEM_CONTENT_TYPE, ServiceError, as_service_error, problem, problem_of
+from .uploads import DecodedImage, PixelBudget, clean_upload_name, decode_reduced, draft_rule, image_size
 
-log = logging.getLogger("phototag.service")
+log = logging.getLogger("phototag.serve")
 
 #: Methods that change state; refused cross-origin on a server without a token.
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -56,11 +60,33 @@ class TagScore(BaseModel):
     score: float
 
 
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error answer, and the ``error`` of a failed image."""
+
+    type: str = Field(description="urn:phototag:problem:<code>")
+    title: str = Field(description="what kind of problem, the same for every occurrence of this type")
+    status: int = Field(description="the HTTP status this problem answers with (alone in a request)")
+    detail: str = Field(description="what went wrong this time, in one line")
+    code: str = Field(description="the short name of the type, such as bad_image")
+
+
 class Prediction(BaseModel):
     image: str = Field(description="the uploaded file name (folders and control characters removed)")
     tags: list[TagScore] | None = Field(None, description="chosen tags, highest score first (absent on error)")
-    error: str | None = Field(None, description="only when this image failed: a code such as bad_image")
-    detail: str | None = Field(None, description="only when this image failed: what went wrong")
+    error: Problem | None = Field(None, description="only when this image failed: what went wrong")
+
+
+class ModelInfo(BaseModel):
+    id: str = Field(description="sha256:<16 hex digits> of the model's files: the same files give the same id")
+    version: str = Field(description="phototag version + method and id prefix, e.g. 0.1.0+ensemble.3f2a9c1d")
+    vocabulary_size: int = Field(description="how many tags the model can suggest")
+    name: str = Field(description="method@directory, as /healthz shows it")
+    method: str = Field(description="the tagging method")
+
+
+class TagResponse(BaseModel):
+    model: ModelInfo = Field(description="which model answered")
+    results: list[Prediction] = Field(description="one entry per uploaded file, in the order sent")
 
 
 class StoredImage(BaseModel):
@@ -125,27 +151,20 @@ def _shown(part: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def body_timeout_response(seconds: float) -> JSONResponse:
+def problem_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An ``application/problem+json`` answer."""
     return JSONResponse(
-        {"error": "request_timeout", "detail": f"The request body did not arrive within {seconds:g} s."},
-        status_code=408,
-        headers={"Connection": "close"},
+        problem(status, code, detail), status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE
     )
 
 
-def draft_rule(model: TagModel):
-    """How far ``model`` lets a JPEG be reduced while decoding (its backbones' rule, as ``predict`` uses); ``None``
-    for a model that reads no backbone features."""
-    from .inputs import feature_specs
-    from .preprocess import draft_request
-
-    try:
-        specs = list(feature_specs(model.method, model.backbone_spec).values())
-    except ValueError:
-        return None
-    if not specs:
-        return None
-    return lambda width, height: draft_request(specs, width, height)
+def body_timeout_response(seconds: float) -> JSONResponse:
+    return problem_response(
+        408,
+        "request_timeout",
+        f"The request body did not arrive within {seconds:g} s.",
+        {"Connection": "close"},
+    )
 
 
 @dataclass
@@ -160,12 +179,8 @@ class Entry:
     error: ServiceError | None = None
 
 
-def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
-    """The app for ``model`` with resolved ``config`` (use :func:`phototag.service.create_app`)."""
-    if config.cors_origins and config.token is None:
-        raise ValueError(
-            "Cross-origin access (--cors-origins) needs a token: start the server with $PHOTOTAG_TOKEN or --token-file."
-        )
+def build_app(model: TagModel, config: ServiceConfig, identity: ModelIdentity) -> FastAPI:
+    """The app for ``model`` with resolved ``config`` (use :func:`phototag.serve.create_app`)."""
     batcher = MicroBatcher(
         make_scorer(model, config.run_options),
         max_batch=config.max_batch,
@@ -183,7 +198,7 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await batcher.start()
-        log.info("phototag serve: model %s (%d tags) ready", config.model_name, len(model.vocab))
+        log.info("phototag serve: model %s (%s, %d tags) ready", config.model_name, identity.id, len(model.vocab))
         try:
             yield
         finally:
@@ -196,20 +211,27 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
     app = FastAPI(
         title="phototag",
         version=__version__,
-        description="Recommend tags for photos. Responses of POST /v1/tag have the shape of "
-        "`phototag predict --format jsonl`. Send `Authorization: Bearer <token>` when the server has a token.",
+        description="Recommend tags for photos. POST /v1/tag answers which model spoke and one result per image "
+        "(each the shape of a `phototag predict --format jsonl` line); errors are RFC 9457 problem details "
+        "(application/problem+json). Send `Authorization: Bearer <token>` when the server has a token.",
         lifespan=lifespan,
     )
     app.state.batcher = batcher
     app.state.feedback = feedback
     app.state.config = config
-
-    def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+    app.state.identity = identity
+    error = problem_response
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError):
-        return error(exc.status, exc.code, exc.detail, exc.headers)
+        return error(exc.http_status, exc.code, exc.detail, exc.headers)
+
+    @app.exception_handler(PhototagError)
+    async def _phototag_error(request: Request, exc: PhototagError):
+        # The message of a library error may name server paths: log it, answer with the class's status and kind.
+        log.warning("phototag serve: %s %s: %s", request.method, request.url.path, exc)
+        detail = f"The request failed ({type(exc).__name__}); the server log has details."
+        return error(exc.http_status, exc.code, detail)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -314,8 +336,8 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
         )
 
     def image_error(err: ImageLoadError, name: str) -> ServiceError:
-        too_big = "over the limit" in err.reason or "decompression bomb" in err.reason
-        return ServiceError(413 if too_big else 422, "bad_image", f"{name}: {err.reason}")
+        # The status comes from the error's class (ImageTooLargeError: 413); the reason names no server path.
+        return as_service_error(err, f"{name}: {err.reason}")
 
     def check_upload(entry: Entry) -> None:
         """Content type, byte size and pixel size from the file's header (nothing decoded yet)."""
@@ -341,7 +363,7 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
         try:
             entry.size = image_size(head, name)
         except ImageLoadError as err:
-            if len(head) < size and "truncated" in err.reason:
+            if len(head) < size and isinstance(err, CorruptImageError):
                 entry.size = (0, 0)  # a header beyond the first 4 MB: the full decode decides
             else:
                 raise image_error(err, name) from None
@@ -424,9 +446,10 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
 
     @app.post(
         "/v1/tag",
-        response_model=list[Prediction],
+        response_model=TagResponse,
         response_model_exclude_none=True,
         summary="Suggest tags for one or more images",
+        responses={code: {"model": Problem, "content": {PROBLEM_CONTENT_TYPE: {}}} for code in (413, 415, 422, 503)},
     )
     async def tag_images(
         files: Annotated[list[UploadFile], File(description="one or more images (JPEG, PNG, WebP, GIF, BMP, TIFF)")],
@@ -494,16 +517,14 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
         )
         formatted = translate_predictions(apply_rules(formatted, rules), lang)
         by_index = dict(zip(ok, formatted, strict=True))
-        return [
-            by_index.get(i) or {"image": e.name, "error": e.error.code, "detail": e.error.detail}
-            for i, e in enumerate(entries)
-        ]
+        results = [by_index.get(i) or {"image": e.name, "error": problem_of(e.error)} for i, e in enumerate(entries)]
+        return {"model": identity.to_dict(), "results": results}
 
     def checked_language(lang: str | None) -> str:
         try:
             return check_language(lang if lang is not None else config.lang)
         except UnknownLanguageError as err:
-            raise ServiceError(422, "unknown_language", str(err)) from None
+            raise as_service_error(err) from None
 
     @app.get("/v1/languages", summary="Languages keywords can be given in (?lang= of POST /v1/tag)")
     async def languages() -> dict[str, Any]:
@@ -519,13 +540,15 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
 
     @app.get("/v1/tags", summary="The model's vocabulary (the tags it can suggest), in score-column order")
     async def vocabulary() -> dict[str, Any]:
-        return {"model": config.model_name, "n_tags": len(model.vocab), "tags": model.tags}
+        return {"model": identity.to_dict(), "n_tags": len(model.vocab), "tags": model.tags}
 
     @app.get("/healthz", summary="Liveness and counters (no token needed)")
     async def healthz() -> dict[str, Any]:
         return {
             "status": "ok",
             "model": config.model_name,
+            "model_id": identity.id,
+            "model_version": identity.version,
             "method": model.method.name,
             "n_tags": len(model.vocab),
             "version": __version__,
@@ -600,6 +623,7 @@ def build_app(model: TagModel, config: ServiceConfig) -> FastAPI:
             "needs_token": config.token is not None,
             "feedback": feedback is not None,
             "model": config.model_name,
+            "model_id": identity.id,
             "lang": config.lang,
             "languages": supported_languages(),
         }

