@@ -234,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "corel5k")
     parser.add_argument("--small", type=int, default=200, help="small photos in the end-to-end rows")
-    parser.add_argument("--large", type=int, default=40, help="12 MP photos in the end-to-end rows (the issue measured 40)")
+    parser.add_argument(
+        "--large", type=int, default=40, help="12 MP photos in the end-to-end rows (the issue measured 40)"
+    )
     parser.add_argument("--baseline", default="da7cbe2", help="git revision of the code before the inference engine")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument(
