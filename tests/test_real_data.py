@@ -99,7 +99,9 @@ def test_default_model_balancing_lifts_n_plus_and_leaves_the_threshold_rule_alon
     dataset = corel5k_heldout  # the features of these photos are in the disk cache since the test above
     records = dataset.split("test")
     truth = model.vocab.transform([r.tags for r in records])
-    scores = model.score_inputs({"images": [str(dataset.image_path(r)) for r in records]})
+    scored = model.score_images([str(dataset.image_path(r)) for r in records])
+    assert scored.ok.all()
+    scores = scored.scores
     plain = evaluate_scores(truth, scores, k=5)
     balanced = evaluate_scores(truth, scores, k=5, ranking_scores=model.ranking_scores(scores, balanced=True))
     # Measured at build time: N+ 157 plain, 174 balanced (docs/default_model.md).
