@@ -32,7 +32,8 @@ import numpy as np
 
 from .backbones import BackboneSpec, resolve_spec
 from .fileio import atomic_write_text
-from .images import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
+from .images import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image, read_image_bytes
+from .preprocess import draft_request, preprocess
 from .runtime import RunOptions, cache_root, default_cache_dir, load_backbone
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,7 @@ class FeatureStore:
         if width is None:
             from PIL import Image
 
-            width = self._embed(np.stack([_preprocess(self.spec, Image.new("RGB", (8, 8)))])).shape[1]
+            width = self._embed(np.stack([preprocess(self.spec, Image.new("RGB", (8, 8)))])).shape[1]
         return int(width)
 
     def _embed(self, batch: np.ndarray) -> np.ndarray:
@@ -285,14 +286,8 @@ class FeatureStore:
         out = []
         size = self.options.batch_size
         for start in range(0, len(images), size):
-            out.append(self._embed(np.stack([_preprocess(self.spec, im) for im in images[start : start + size]])))
+            out.append(self._embed(np.stack([preprocess(self.spec, im) for im in images[start : start + size]])))
         return np.concatenate(out) if out else np.zeros((0, self.num_features), np.float32)
-
-
-def _preprocess(spec: BackboneSpec, image) -> np.ndarray:
-    from .preprocess import preprocess
-
-    return preprocess(spec, image)
 
 
 # --- the input layer ----------------------------------------------------------------------------------------------
@@ -324,16 +319,7 @@ class _Loaded:
 
 
 def _read(item: ImageItem) -> bytes:
-    if item.data is not None:
-        return item.data
-    try:
-        return Path(item.path or item.name).read_bytes()
-    except FileNotFoundError:
-        raise ImageLoadError(item.name, "file not found") from None
-    except IsADirectoryError:
-        raise ImageLoadError(item.name, "is a folder, not an image file") from None
-    except OSError as err:
-        raise ImageLoadError(item.name, f"cannot read file ({err.strerror or err})") from None
+    return item.data if item.data is not None else read_image_bytes(item.path or item.name, name=item.name)
 
 
 def _loader(
@@ -360,8 +346,6 @@ def _loader(
                     out.cached[store.key] = row
             if not missing and not keep_images:
                 return out
-            from .preprocess import draft_request
-
             need = [s.spec for s in missing] or specs
             image = decode_image(
                 data,
@@ -371,7 +355,7 @@ def _loader(
             )
             del data
             for store in missing:
-                out.arrays[store.key] = _preprocess(store.spec, image)
+                out.arrays[store.key] = preprocess(store.spec, image)
             if keep_images:
                 out.image = image
         except ImageLoadError as err:
@@ -481,12 +465,8 @@ def extract_features(
         for key, rows in unsaved.items():
             by_key[key].cache.put(rows)
         bar.close()
-    for store in stores:
+    for store in stores:  # no photo reached this backbone: an empty block of its width
         if store.key not in features:
-            features[store.key] = np.zeros((n, store.num_features if n == 0 else _width(store)), dtype=np.float32)
+            features[store.key] = np.zeros((n, store.num_features), dtype=np.float32)
     ok_failures = [(items[i].name, failures[i]) for i in sorted(failures)]
     return Extraction(features=features, ok=ok, failures=ok_failures, images=images)
-
-
-def _width(store: FeatureStore) -> int:
-    return store.num_features

@@ -242,13 +242,21 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     Raises:
         ImageLoadError: The file is missing, unreadable or not a valid image.
     """
+    return decode_image(read_image_bytes(path), source=path, max_pixels=max_pixels)
+
+
+def read_image_bytes(path: str | os.PathLike, *, name: str | os.PathLike | None = None) -> bytes:
+    """The bytes of an image file; a missing, folder or unreadable path is an :class:`ImageLoadError` naming
+    ``name`` (default: the path)."""
+    name = path if name is None else name
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
-        raise ImageLoadError(path, "file not found") from None
+        raise ImageLoadError(name, "file not found") from None
+    except IsADirectoryError:
+        raise ImageLoadError(name, "is a folder, not an image file") from None
     except OSError as err:
-        raise ImageLoadError(path, f"cannot read file ({err.strerror or err})") from None
-    return decode_image(data, source=path, max_pixels=max_pixels)
+        raise ImageLoadError(name, f"cannot read file ({err.strerror or err})") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -40,6 +40,14 @@ def default_method_for(dataset: Dataset) -> str:
     return "mlp" if n_train >= 100 else "knn"
 
 
+def record_items(dataset: Dataset, records: Sequence[ImageRecord], data_keys: Sequence[str]) -> list[str]:
+    """What the input layer reads for ``records``: their image paths for methods that read photos, else their ids
+    (labels only: nothing is opened)."""
+    if needs_images(data_keys):
+        return [str(dataset.image_path(r)) for r in records]
+    return [r.id for r in records]
+
+
 def records_inputs(
     dataset: Dataset,
     records: Sequence[ImageRecord],
@@ -53,8 +61,7 @@ def records_inputs(
 
     Training reads ``"images"`` as checked paths (streamed from disk by the method), not decoded pictures.
     """
-    uses_images = needs_images(method.data_keys)
-    items = [str(dataset.image_path(r)) for r in records] if uses_images else [r.id for r in records]
+    items = record_items(dataset, records, method.data_keys)
     batch = build_inputs(
         method,
         items,
@@ -224,8 +231,7 @@ def evaluate(
         present = {s: len(ds.split(s)) for s in ("train", "val", "test")}
         raise ValueError(f"Dataset '{ds.name}' has no '{split}' records (records per split: {present}).")
     options = (options or RunOptions()).replace(cache_dir=cache_dir, progress=progress)
-    uses_images = needs_images(model.data_keys)
-    items = [str(ds.image_path(r)) for r in records] if uses_images else [r.id for r in records]
+    items = record_items(ds, records, model.data_keys)
     scored = model.score_images(items, user_tags=[r.user_tags for r in records], options=options)
     if scored.failures:
         log.warning(
