@@ -120,18 +120,18 @@ class MergedTagger(TaggingMethod):
         return out
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        n = self.check_inputs(inputs)
-        total = np.zeros((n, self.n_tags_), dtype=np.float32)
+        mean = self.config.rule == "mean"
+        start = 0.0 if mean else -np.inf  # every tag belongs to at least one part, so no -inf is left for "max"
+        out = np.full((self.check_inputs(inputs), self.n_tags_), start, dtype=np.float32)
         count = np.zeros(self.n_tags_, dtype=np.float32)
-        best = np.full((n, self.n_tags_), -np.inf, dtype=np.float32)
         for part, cols in zip(self.parts_, self.columns_, strict=True):
             scores = part.score(self._part_inputs(part, inputs))
-            best[:, cols] = np.maximum(best[:, cols], scores)
-            total[:, cols] += scores
-            count[cols] += 1
-        if self.config.rule == "mean":
-            return total / np.maximum(count, 1)
-        return np.where(np.isfinite(best), best, 0.0).astype(np.float32)
+            if mean:
+                out[:, cols] += scores
+                count[cols] += 1
+            else:
+                out[:, cols] = np.maximum(out[:, cols], scores)
+        return out / np.maximum(count, 1) if mean else out
 
     def rank_offset(self) -> np.ndarray | None:
         """The parts' balancing offsets in the merged columns (0 for tags of parts without any), or ``None``."""
