@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         model = train(
             dataset,
             method=args.method,
-            backbone=args.backbone,
+            backbone=None if args.method == "ensemble" else args.backbone,
             config=parse_set_options(settings),
             seed=0,
             calibrate_thresholds=args.calibrate_thresholds,

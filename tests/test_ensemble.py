@@ -27,6 +27,28 @@ def test_combiners_by_hand():
         combine(scores, "max")
 
 
+def test_member_weights_in_average_and_vote():
+    scores = np.array([[[0.9, 0.2]], [[0.6, 0.7]], [[0.1, 0.4]]], dtype=np.float32)
+    # weights 2:1:1 -> (2*0.9 + 0.6 + 0.1) / 4 and (2*0.2 + 0.7 + 0.4) / 4
+    np.testing.assert_allclose(combine(scores, "average", weights=[2, 1, 1]), [[0.625, 0.375]], rtol=1e-6)
+    # votes at 0.5: tag 0 gets members 1 and 2 (weight 3 of 4), tag 1 only member 2 (weight 1 of 4)
+    votes = combine(scores, "vote", weights=[2, 1, 1])
+    np.testing.assert_allclose(votes, [[0.75 + 1e-3 * 0.625, 0.25 + 1e-3 * 0.375]], rtol=1e-5)
+    np.testing.assert_allclose(combine(scores, "average", weights=[1, 1, 1]), combine(scores, "average"), rtol=1e-6)
+    # union and intersection ignore weights
+    np.testing.assert_allclose(combine(scores, "union", weights=[0, 0, 1]), [[0.9, 0.7]])
+
+
+@pytest.mark.parametrize("weights", [[1, 1], [1, -1, 1], [0, 0, 0]])
+def test_bad_member_weights_are_refused(weights):
+    method = create_method(
+        "ensemble", {"members": ["mlp@efficientnet_lite0"] * 3, "weights": weights, "combiner": "average"}
+    )
+    x = {"backbone_features": {"efficientnet_lite0": np.zeros((4, 3), np.float32)}}
+    with pytest.raises(ValueError, match="weights must give each of the 3 members"):
+        method.fit(x, np.eye(4, 2), progress=False)
+
+
 def test_member_strings_are_checked():
     assert parse_member("mlp@efficientnet_lite1") == ("mlp", "efficientnet_lite1")
     with pytest.raises(ValueError, match="method@backbone"):

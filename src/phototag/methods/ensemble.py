@@ -30,7 +30,7 @@ Every combiner is available from one saved ensemble: ``config.combiner`` is the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,7 @@ class EnsembleConfig:
     balance: float = 0.0
     balance_k: int = 5  # the top-k the balancing offsets are fitted for
     vote_threshold: float = 0.5  # a member votes for a tag when its score is at least this ("round")
+    weights: list[float] = field(default_factory=list)  # members' weights in "average" and "vote"; empty = equal
     seed: int = 0  # seeds the folds and the stacker
 
 
@@ -96,21 +97,35 @@ def parse_member(member: str) -> tuple[str, str]:
     return method, backbone
 
 
-def combine(member_scores: np.ndarray, combiner: str, *, vote_threshold: float = 0.5) -> np.ndarray:
+def combine(
+    member_scores: np.ndarray,
+    combiner: str,
+    *,
+    vote_threshold: float = 0.5,
+    weights: Sequence[float] | None = None,
+) -> np.ndarray:
     """Fixed combiners of member scores ``(n_members, n_images, n_tags)`` → ``(n_images, n_tags)``.
+
+    ``weights`` (one per member, default equal) weight the members in ``average`` and ``vote``.
 
     Example:
         >>> s = np.array([[[0.9, 0.2]], [[0.6, 0.7]], [[0.1, 0.4]]])
-        >>> combine(s, "average").round(3).tolist(), combine(s, "union").tolist(), combine(s, "intersection").tolist()
-        ([[0.533, 0.433]], [[0.9, 0.7]], [[0.1, 0.2]])
-        >>> combine(s, "vote").round(4).tolist()  # 2 of 3 votes for tag 0, 1 of 3 for tag 1 (+ 1e-3 × average)
+        >>> show = lambda a: a.astype(float).round(4).tolist()
+        >>> show(combine(s, "average")), show(combine(s, "union")), show(combine(s, "intersection"))
+        ([[0.5333, 0.4333]], [[0.9, 0.7]], [[0.1, 0.2]])
+        >>> show(combine(s, "vote"))  # 2 of 3 votes for tag 0, 1 of 3 for tag 1 (+ 1e-3 × average)
         [[0.6672, 0.3338]]
+        >>> show(combine(s, "average", weights=[2, 1, 1]))
+        [[0.625, 0.375]]
     """
     scores = np.asarray(member_scores, dtype=np.float32)
-    if combiner == "average":
-        return scores.mean(axis=0)
-    if combiner == "vote":
-        return (scores >= vote_threshold).mean(axis=0) + 1e-3 * scores.mean(axis=0)
+    if combiner in ("average", "vote"):
+        w = np.full(len(scores), 1.0 / len(scores)) if not weights else np.asarray(weights, dtype=np.float64)
+        w = (w / w.sum()).astype(np.float32)
+        average = np.tensordot(w, scores, axes=1)
+        if combiner == "average":
+            return average
+        return np.tensordot(w, (scores >= vote_threshold).astype(np.float32), axes=1) + 1e-3 * average
     if combiner == "union":
         return scores.max(axis=0)
     if combiner == "intersection":
@@ -156,6 +171,13 @@ class EnsembleTagger(TaggingMethod):
             raise ValueError(f"Unknown combiner '{cfg.combiner}'. Valid combiners: {', '.join(COMBINERS)}.")
         if cfg.stack_folds == 1 or cfg.stack_folds < 0:
             raise ValueError(f"stack_folds must be 0 (use validation scores) or >= 2. Got {cfg.stack_folds} instead.")
+        if cfg.weights and (
+            len(cfg.weights) != len(cfg.members) or min(cfg.weights) < 0 or not sum(cfg.weights) > 0
+        ):
+            raise ValueError(
+                f"weights must give each of the {len(cfg.members)} members a weight >= 0 (not all 0). "
+                f"Got {cfg.weights} instead."
+            )
         if cfg.balance < 0 or cfg.balance_k < 1:
             raise ValueError(f"balance must be >= 0 and balance_k >= 1. Got {cfg.balance} and {cfg.balance_k} instead.")
         if cfg.balance > 0 and cfg.stack_folds < 2:
@@ -247,7 +269,7 @@ class EnsembleTagger(TaggingMethod):
         if oof is not None and cfg.balance > 0:
             k = min(cfg.balance_k, n_tags)
             for name in COMBINERS[:-1]:  # the fixed combiners; the stacker learns its own biases
-                combined = combine(oof, name, vote_threshold=cfg.vote_threshold)
+                combined = combine(oof, name, vote_threshold=cfg.vote_threshold, weights=cfg.weights)
                 self.offsets_[name] = tag_balance_offsets(y, combined, k=k, power=cfg.balance)
         if oof is not None:
             self.stacker_ = self._fit_stacker(oof, y, val_scores, yv)
@@ -318,7 +340,9 @@ class EnsembleTagger(TaggingMethod):
     def _combine(self, member_scores: np.ndarray, combiner: str) -> np.ndarray:
         if combiner == "stacker":
             return _sigmoid(_stacker_logits(self.stacker_, _stack_inputs(member_scores))).astype(np.float32)
-        return combine(member_scores, combiner, vote_threshold=self.config.vote_threshold)
+        return combine(
+            member_scores, combiner, vote_threshold=self.config.vote_threshold, weights=self.config.weights
+        )
 
     def rank_offset(self) -> np.ndarray | None:
         """The balancing offsets of the current combiner (``None`` without ``balance`` or for the stacker)."""
