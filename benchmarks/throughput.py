@@ -200,10 +200,16 @@ def end_to_end_rows(small: list[Path], large: list[Path], baseline: str | None, 
         target = graphs / "onnx" / graph.name
         if not target.exists():
             os.symlink(graph, target)
+    from phototag.inputs import feature_specs
+    from phototag.model import load_model
+
+    default = load_model()
+    n_backbones = len(feature_specs(default.method, default.backbone_spec))
+    default_label = f"default model ({n_backbones} backbone{'s' if n_backbones > 1 else ''})"
     rows = []
     try:
         for label, photos in (("small photos", small), ("12 MP photos", large)):
-            for model_label, model in (("default model (3 backbones)", None), ("mlp on lite0 (1 backbone)", mlp)):
+            for model_label, model in ((default_label, None), ("mlp on lite0 (1 backbone)", mlp)):
                 row = {"row": f"tag end to end, {label}, {model_label}", "photos": len(photos)}
                 with tempfile.TemporaryDirectory(dir=work) as cold:
                     cache = Path(cold)

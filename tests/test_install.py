@@ -47,17 +47,22 @@ def test_core_install_has_no_torch_and_tags_a_photo(tmp_path):
     assert [p["image"] for p in lines] == [str(photo)]
     assert len(lines[0]["tags"]) == 3 and all(0 <= t["score"] <= 1 for t in lines[0]["tags"])
     assert "broken.jpg" in done.stderr
-    # Training a knn needs no torch (the default model's lite0 graph serves its features); an mlp says what to install.
+    # Training a knn needs no torch on a backbone whose graph phototag ships (the default model's Lite1); a backbone
+    # it does not ship (with an empty cache) says how to get one. An mlp says what to install.
     (tmp_path / "photos.csv").write_text(f"file,tags\n{photo.name},beach sand\n")
     phototag = str(venv / "bin" / "phototag")
     assert (
         subprocess.run([phototag, "-q", "import", "csv", str(tmp_path / "photos.csv"), str(tmp_path / "ds")]).returncode
         == 0
     )
-    knn = subprocess.run(
-        [phototag, "-q", "train", str(tmp_path / "ds"), "--method", "knn", "--out", str(tmp_path / "k")]
-    )
+    train_knn = [phototag, "-q", "train", str(tmp_path / "ds"), "--method", "knn", "--cache-dir", str(tmp_path / "c")]
+    knn = subprocess.run([*train_knn, "--backbone", "efficientnet_lite1", "--out", str(tmp_path / "k")])
     assert knn.returncode == 0
+    other = subprocess.run(
+        [*train_knn, "--backbone", "efficientnet_lite0", "--out", str(tmp_path / "k0")], capture_output=True, text=True
+    )
+    assert other.returncode == 2 and "phototag[train]" in other.stderr and "efficientnet_lite1" in other.stderr
+    assert "Traceback" not in other.stderr
     mlp = subprocess.run(
         [phototag, "-q", "train", str(tmp_path / "ds"), "--method", "mlp", "--out", str(tmp_path / "m")],
         capture_output=True,

@@ -112,7 +112,7 @@ def test_default_model_loads():
     from phototag.runtime import onnx_file_name
 
     specs = feature_specs(model.method, model.backbone_spec)
-    assert [s.name for s in specs.values()] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert [s.name for s in specs.values()] == ["efficientnet_lite1", "efficientnet_lite2"]
     shipped = {p.name for p in (model.path / "backbones").glob("*.onnx")}
     assert shipped == {onnx_file_name(s) for s in specs.values()}
     assert (model.path / "backbones" / "NOTICE").is_file()

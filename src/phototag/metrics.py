@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def _check(y_true: np.ndarray, other: np.ndarray, what: str = "scores") -> tuple[np.ndarray, np.ndarray]:
@@ -167,6 +166,8 @@ def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     n_neg = y_true.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    from scipy.stats import rankdata  # imported here: scipy.stats takes a second to import, tagging never needs it
+
     ranks = rankdata(scores)
     return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 

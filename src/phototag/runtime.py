@@ -342,10 +342,11 @@ def backbone_graph(
 
         require_torch("Exporting a backbone to ONNX")
     except ImportError:
+        ready = sorted({f.name.rsplit("-", 1)[0] for f in shipped.glob("*.onnx")})
         raise MissingDependencyError(
             f"No ONNX graph of backbone '{spec.name}' ({name}) in this installation or cache, and exporting one needs "
             'PyTorch: pip install "phototag[train]" (once; the graph is cached), or use a model that ships its '
-            "backbones."
+            f"backbones, or a backbone whose graph phototag ships ({', '.join(ready) or 'none'})."
         ) from None
     if options.precision == "int8":
         fp32 = backbone_graph(spec, options.replace(precision="fp32"), search=search, backbone=backbone)
