@@ -127,8 +127,8 @@ def test_wrong_weight_shapes_and_missing_arrays(header, tensors):
     with pytest.raises(ModelFormatError, match=r"per_tag_threshold' has shape 12"):
         check_all(header, threshold)
     # A meta that lies about the feature width is caught the same way.
-    with pytest.raises(ModelFormatError, match=r"member2/mean' has shape 1280, but the model declares 1000"):
-        check_all(damaged(header, lambda h: h["method_meta"]["members"][2]["meta"].update(n_features=1000)), tensors)
+    with pytest.raises(ModelFormatError, match=r"member1/mean' has shape 1280, but the model declares 1000"):
+        check_all(damaged(header, lambda h: h["method_meta"]["members"][1]["meta"].update(n_features=1000)), tensors)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -150,7 +150,9 @@ def test_damaged_copy_on_disk_round_trip(header, tmp_path):
     save_file(tensors, str(copy_dir / "weights.safetensors"))
     header_file = copy_dir / "phototag_model.json"
     raw = json.loads(header_file.read_text())
-    with pytest.raises(ModelFormatError, match=r"model/weights.safetensors is damaged: .*stacker/net.0.bias.* 780 NaN"):
+    n_bad = tensors["method/stacker/net.0.bias"].size  # every value: members x tags
+    message = rf"model/weights.safetensors is damaged: .*stacker/net.0.bias.* {n_bad} NaN"
+    with pytest.raises(ModelFormatError, match=message):
         check_all(raw, load_file(str(copy_dir / "weights.safetensors")), header_file, copy_dir / "weights.safetensors")
 
 
@@ -180,7 +182,7 @@ DAMAGES = {
         d, lambda h: h["method_meta"]["members"][0]["config"].update(hidden=[512])
     ),
     "wrong weight shape": lambda d: _edit_weights(d, "method/member0/net.0.weight", lambda a: a[:, :100]),
-    "NaN weights": lambda d: _edit_weights(d, "method/member2/net.3.bias", lambda a: a * np.nan),
+    "NaN weights": lambda d: _edit_weights(d, "method/member1/net.3.bias", lambda a: a * np.nan),
 }
 
 

@@ -265,7 +265,9 @@ def test_features_on_the_cluster_feed_train_and_predict_runs_on_the_cluster(
 def test_actor_pools_that_leave_no_cpu_for_decoding_are_refused(cluster, photos):
     run = _cli(["tag", *photos[:2], "--engine", "ray", "--ray-address", cluster.address, "--ray-actors", "2"])
     assert run.returncode == 2
-    assert "need 8 CPUs; the cluster has 2. Lower --ray-actors or --ray-cpus, or add nodes." in run.stderr
+    # The default model runs 2 backbones: 2 actors each, 1 scoring actor and 1 decode task = 6 CPUs.
+    assert "2 actor(s) for each of 2 backbone(s)" in run.stderr
+    assert "need 6 CPUs; the cluster has 2. Lower --ray-actors or --ray-cpus, or add nodes." in run.stderr
 
 
 def test_parquet_run_survives_losing_the_worker_node_and_resumes(cluster, photos, local_run, tmp_path):

@@ -314,6 +314,7 @@ class OnnxBackbone:
 
 _SESSIONS: dict[tuple, OnnxBackbone] = {}
 _LOCK = threading.Lock()
+_EXPORT_LOCK = threading.RLock()  # re-entrant: an int8 graph first needs the fp32 one
 
 
 def backbone_graph(
@@ -348,12 +349,17 @@ def backbone_graph(
             'PyTorch: pip install "phototag[train]" (once; the graph is cached), or use a model that ships its '
             f"backbones, or a backbone whose graph phototag ships ({', '.join(ready) or 'none'})."
         ) from None
-    if options.precision == "int8":
-        fp32 = backbone_graph(spec, options.replace(precision="fp32"), search=search, backbone=backbone)
-        log.info("Quantising backbone %s to int8 (calibrated on sample photos)", spec.name)
-        return quantize_backbone(fp32, cached, spec, check_images())
-    log.info("Exporting backbone %s to ONNX (once; cached in %s)", spec.name, cached.parent)
-    return export_backbone(spec, cached, backbone=backbone)
+    # One export at a time in this process: torch.onnx.export is not thread-safe, and threads that asked for the same
+    # graph find it cached once the first one has written it.
+    with _EXPORT_LOCK:
+        if cached.is_file():
+            return cached
+        if options.precision == "int8":
+            fp32 = backbone_graph(spec, options.replace(precision="fp32"), search=search, backbone=backbone)
+            log.info("Quantising backbone %s to int8 (calibrated on sample photos)", spec.name)
+            return quantize_backbone(fp32, cached, spec, check_images())
+        log.info("Exporting backbone %s to ONNX (once; cached in %s)", spec.name, cached.parent)
+        return export_backbone(spec, cached, backbone=backbone)
 
 
 def load_backbone(
