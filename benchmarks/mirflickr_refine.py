@@ -117,14 +117,19 @@ def search(x, g, tags, truth, labels, base, progress, seed) -> tuple[dict, list]
     return {k: best[1][k] for k in SEARCH}, [{"val_map": m, **{k: c[k] for k in SEARCH}} for m, c in trials]
 
 
-def refine_rows(x_fit, g, tags, x_eval, truth, labels, base, searched, progress, refined_side):
+def refine_rows(x_fit, g, tags, x_eval, truth, labels, base, searched, progress, refined_side, paper=True):
     """φ0, the full model (default and paper preset, with the searched λ/α), the ablation; one dict per row."""
     phi0 = fit_refine(x_fit, g, tags, {**base, "epochs": 0}, progress)
     variants = {
         "Multi-CNN (φ0)": None,
         "full model (refine defaults + searched λ/α)": {**base, **searched},
-        "full model (--preset paper + searched λ/α)": {**base, **preset_config("refine", "paper"), **searched},
     }
+    if paper:
+        variants["full model (--preset paper + searched λ/α)"] = {
+            **base,
+            **preset_config("refine", "paper"),
+            **searched,
+        }
     variants.update({name: {**base, **searched, **cfg} for name, cfg in ABLATION.items()})
     rows = {}
     for name, config in variants.items():
@@ -152,15 +157,31 @@ def table2(args, x, g, tags, truth, labels) -> dict:
         n_train = len(x) // 5
         train, test = order[:n_train], order[n_train:]
         print(f"Table 2, repeat {repeat + 1}: {len(train)} training photos, {len(test)} test photos", flush=True)
-        searched, trials = search(x[train], g[train], tags, truth[train], labels, base, not args.quiet, args.seed)
-        print(f"  searched on validation: {searched}", flush=True)
+        if args.searched is None:
+            searched, trials = search(x[train], g[train], tags, truth[train], labels, base, not args.quiet, args.seed)
+            print(f"  searched on validation: {searched}", flush=True)
+        else:
+            searched, trials = args.searched, []
         rows = {"RandomGuess": random_guess(len(tags), truth[test], labels, tags)}
         print_row("RandomGuess (80 draws)", rows["RandomGuess"])
-        knn = create_method("knn").fit({"features": x[train]}, g[train], progress=False)
-        rows["KNN"] = scored(tags, knn.score({"features": x[test]}), truth[test], labels)
-        print_row("KNN", rows["KNN"])
+        for name, method in (("KNN", "knn"), ("TagProp", "tagprop")):
+            tagger = create_method(method).fit({"features": x[train]}, g[train], progress=False)
+            rows[name] = scored(tags, tagger.score({"features": x[test]}), truth[test], labels)
+            print_row(name, rows[name])
         rows.update(
-            refine_rows(x[train], g[train], tags, x[test], truth[test], labels, base, searched, not args.quiet, False)
+            refine_rows(
+                x[train],
+                g[train],
+                tags,
+                x[test],
+                truth[test],
+                labels,
+                base,
+                searched,
+                not args.quiet,
+                False,
+                paper=not args.skip_paper_preset,
+            )
         )
         repeats.append({"rows": rows, "searched": searched, "search": trials})
     return {"repeats": repeats, "mean": mean_rows([r["rows"] for r in repeats])}
@@ -176,7 +197,21 @@ def table4(args, x, g, tags, truth, labels, searched) -> dict:
         _, refined = refine_scores(method, inputs, g, tags, progress=False)
         rows[name] = scored(tags, refined, truth, labels)
         print_row(name, rows[name])
-    rows.update(refine_rows(x, g, tags, x, truth, labels, dict(args.refine_base), searched, not args.quiet, True))
+    rows.update(
+        refine_rows(
+            x,
+            g,
+            tags,
+            x,
+            truth,
+            labels,
+            dict(args.refine_base),
+            searched,
+            not args.quiet,
+            True,
+            paper=not args.skip_paper_preset,
+        )
+    )
     return {"rows": rows, "searched": searched}
 
 
@@ -189,7 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--images", type=int, default=3000, help="use photos im1 ... imN")
     parser.add_argument("--repeats", type=int, default=1, help="Table 2 repeats (the paper: 5)")
+    parser.add_argument("--skip-table2", action="store_true", help="Table 4 only (needs --searched)")
     parser.add_argument("--skip-table4", action="store_true")
+    parser.add_argument(
+        "--searched",
+        type=json.loads,
+        default=None,
+        help='λ1/λ2/α as JSON (e.g. \'{"lambda_sem": 10, "lambda_err": 1, "alpha": 0}\', chosen on validation in an '
+        "earlier run) instead of searching them per repeat",
+    )
+    parser.add_argument(
+        "--skip-paper-preset", action="store_true", help="leave out the --preset paper row (30 epochs: slow on CPU)"
+    )
     parser.add_argument("--cache-dir", default=None, help="feature cache root")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -210,17 +256,22 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats,
             "seed": args.seed,
             "refine_base": args.refine_base,
-            "search": SEARCH,
+            "search": SEARCH if args.searched is None else f"given: {args.searched}",
+            "paper_preset_row": not args.skip_paper_preset,
             "n_tags": len(tags),
             "backbone": "efficientnet_lite0",
         },  # fmt: skip
         "paper": PAPER,
-        "table2": table2(args, x, g, tags, truth, labels),
     }
+    if args.skip_table2 and args.searched is None:
+        parser.error("--skip-table2 needs --searched (Table 4 uses the λ/α chosen on Table 2's validation)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")  # Table 2 is kept even if Table 4 is interrupted
+    if not args.skip_table2:
+        result["table2"] = table2(args, x, g, tags, truth, labels)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")  # Table 2 is kept even if Table 4 is interrupted
     if not args.skip_table4:
-        result["table4"] = table4(args, x, g, tags, truth, labels, result["table2"]["repeats"][0]["searched"])
+        searched = args.searched or result["table2"]["repeats"][0]["searched"]
+        result["table4"] = table4(args, x, g, tags, truth, labels, searched)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
