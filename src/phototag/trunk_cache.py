@@ -286,8 +286,10 @@ def fill_cache(
     trunk = trunk.to(device).eval()
     unsaved: dict[str, np.ndarray] = {}
     batch: list[tuple[str, np.ndarray]] = []
+    computed = 0
 
     def run() -> None:
+        nonlocal computed
         if not batch:
             return
         inputs = torch.from_numpy(np.concatenate([v for _, v in batch])).to(device)
@@ -295,6 +297,7 @@ def fill_cache(
             out = trunk(inputs).float().cpu().numpy()
         out = out.reshape(len(batch), len(views), *out.shape[1:])
         unsaved.update((digest, row) for (digest, _), row in zip(batch, out, strict=True))
+        computed += len(batch)
         batch.clear()
 
     try:
@@ -317,5 +320,5 @@ def fill_cache(
     rows = cache.lookup([d or "" for d in digests])
     rows[list(failures)] = -1
     return CachedActivations(
-        rows=rows, failures=[(str(paths[i]), failures[i]) for i in sorted(failures)], computed=len(todo)
+        rows=rows, failures=[(str(paths[i]), failures[i]) for i in sorted(failures)], computed=computed
     )
