@@ -4,7 +4,8 @@ Each candidate trains ``cnn`` with ``cached_trunk=true`` on the benchmark's trai
 ``benchmarks/corel5k.py`` carves its 500 held-out ones), with early stopping and metrics on the validation photos
 carved from those (seeded). The held-out photos are never scored here. The table gives validation F1@5, N+@5 and
 mAP, the time to fill the activation cache (zero once cached) and the seconds per epoch; pass the best candidate's
-settings to ``benchmarks/corel5k.py --methods cnn`` for the held-out row.
+model (saved under ``WORK/models/cnn-cached-<candidate>-<backbone>``) to ``benchmarks/corel5k.py --trained cnn=DIR``
+for its held-out row.
 
     python benchmarks/corel5k_cnn_cached.py --json benchmarks/results/corel5k_cnn_cached_tuning.json
     python benchmarks/corel5k_cnn_cached.py --candidates blocks2 blocks3 --backbone efficientnet_lite1
@@ -51,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.candidates:
         config = {**BASE, **CANDIDATES[name], "backbone": args.backbone}
         start = time.perf_counter()
+        out = args.work / "models" / f"cnn-cached-{name}-{args.backbone}"
         model = train(dataset, method="cnn", config=config, cache_dir=args.cache_dir, seed=args.seed, progress=False)
+        # Saved with its training time, so that benchmarks/corel5k.py --trained cnn=DIR can report the chosen one.
+        model.info["train_seconds"] = round(time.perf_counter() - start, 1)
+        model.save(out)
         method = model.method
         validation = model.info["validation"]
         epochs = [h["seconds"] for h in method.history_]
@@ -68,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                 "cache_seconds": method.trunk_cache_["seconds"],
                 "cache_computed": method.trunk_cache_["computed"],
                 "seconds_per_epoch": sum(epochs) / len(epochs),
-                "train_seconds": round(time.perf_counter() - start, 1),
+                "train_seconds": model.info["train_seconds"],
+                "model": str(out),
                 "history": method.history_,
             }
         )
