@@ -173,6 +173,7 @@ class TrunkCache:
         directory: The cache folder (created); one per trunk, cut point and view list (see :func:`cache_folder`).
         row_shape: Shape of one row, ``(n_views, C, h, w)`` or ``(n_views, d)``.
         meta: Saved as ``meta.json`` (what the activations are of); a folder whose meta differs is refused.
+            ``None`` opens an existing folder whatever it holds, checking only the row shape.
     """
 
     def __init__(self, directory: str | os.PathLike, row_shape: Sequence[int], meta: dict[str, Any] | None = None):
@@ -181,11 +182,13 @@ class TrunkCache:
         self.row_bytes = int(np.prod(self.row_shape)) * 4
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_path = self.dir / "activations.f32"
+        given = meta
         meta = {**(meta or {}), "row_shape": list(self.row_shape), "dtype": "float32"}
         meta_file = self.dir / "meta.json"
         if meta_file.exists():
             saved = json.loads(meta_file.read_text())
-            if saved != json.loads(json.dumps(meta)):
+            expected = json.loads(json.dumps(meta))
+            if saved != expected if given is not None else saved["row_shape"] != expected["row_shape"]:
                 raise ValueError(f"Trunk cache {self.dir} holds other activations ({saved}); remove the folder.")
         else:
             atomic_write_text(meta_file, json.dumps(meta, indent=2))
