@@ -171,7 +171,9 @@ class EnsembleTagger(TaggingMethod):
             raise ValueError(f"Unknown combiner '{cfg.combiner}'. Valid combiners: {', '.join(COMBINERS)}.")
         if cfg.stack_folds == 1 or cfg.stack_folds < 0:
             raise ValueError(f"stack_folds must be 0 (use validation scores) or >= 2. Got {cfg.stack_folds} instead.")
-        if cfg.weights and (len(cfg.weights) != len(cfg.members) or min(cfg.weights) < 0 or not sum(cfg.weights) > 0):
+        if cfg.weights and (
+            len(cfg.weights) != len(cfg.members) or min(cfg.weights) < 0 or not sum(cfg.weights) > 0
+        ):
             raise ValueError(
                 f"weights must give each of the {len(cfg.members)} members a weight >= 0 (not all 0). "
                 f"Got {cfg.weights} instead."
@@ -338,7 +340,9 @@ class EnsembleTagger(TaggingMethod):
     def _combine(self, member_scores: np.ndarray, combiner: str) -> np.ndarray:
         if combiner == "stacker":
             return _sigmoid(_stacker_logits(self.stacker_, _stack_inputs(member_scores))).astype(np.float32)
-        return combine(member_scores, combiner, vote_threshold=self.config.vote_threshold, weights=self.config.weights)
+        return combine(
+            member_scores, combiner, vote_threshold=self.config.vote_threshold, weights=self.config.weights
+        )
 
     def rank_offset(self) -> np.ndarray | None:
         """The balancing offsets of the current combiner (``None`` without ``balance`` or for the stacker)."""
