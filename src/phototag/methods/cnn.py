@@ -6,7 +6,10 @@ sigmoid. Training has two stages, as in the seeds: "transfer learn" (backbone fr
 "fine tune" (the last ``finetune_blocks`` blocks of the backbone unfrozen, at a lower learning rate). Augmentation:
 rotation ±30°, shifts, zoom, shear, horizontal flip. Early stopping on validation F1 (per image, the seeds' rule:
 score ≥ 0.3, at most 15 tags); the best epoch is kept. On CUDA it trains in mixed precision (bfloat16) with
-channels_last; on CPU it runs (slowly) with tqdm progress bars.
+channels_last. On CPU it trains by default from cached activations of the frozen part of the backbone
+(``cached_trunk``, :mod:`phototag.trunk_cache`): each photo goes once through the layers before the last
+``finetune_blocks`` blocks, for a few fixed views (centre, mirror, optional corner crops), and every epoch runs only
+those blocks and the head on the cached activations.
 
 The saved state is the *whole* fine-tuned network (backbone + head), so a ``cnn`` model directory is the size of the
 backbone (~14 MB for Lite0) — unlike the feature-head methods, whose models hold heads only.
