@@ -131,6 +131,7 @@ def split_backbone(model: nn.Module, units: Sequence[nn.Module], n_tail: int, in
     model.eval()
     with torch.no_grad():
         probe = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(next(model.parameters()).device)  # on CUDA when cnn moved the network there already
         whole, parts = model(probe), tail(trunk(probe))
     model.train(was_training)
     if whole.shape != parts.shape or not torch.allclose(whole, parts, rtol=1e-4, atol=1e-4):
