@@ -16,6 +16,9 @@ cached) and inference images/s (scoring the 500 held-out photos from cached feat
     python benchmarks/corel5k.py --methods ensemble \\
         --set 'ensemble.members=[mlp@efficientnet_lite0, knn@efficientnet_lite0]'
     python benchmarks/corel5k.py --methods cnn --set cnn.finetune_epochs=20     # GPU
+    python benchmarks/corel5k.py --methods mlp cnn \\
+        --trained cnn=runs/corel5k/models/cnn-cached-blocks2-efficientnet_lite0
+        # cnn from the cached-trunk candidate benchmarks/corel5k_cnn_cached.py chose on validation
     python benchmarks/corel5k.py --methods 2pknn tagprop --json benchmarks/results/corel5k_2pknn_tagprop.json
         # defaults = settings chosen on validation by benchmarks/corel5k_knn_tuning.py
 """
@@ -88,6 +91,41 @@ def ensemble_rows(model, dataset: Dataset, label: str, timing: dict, cache_dir) 
     ]
 
 
+def trained_model(directory: str, method: str, dataset: Dataset, *, seed: int):
+    """A model trained elsewhere on this benchmark's training photos; refused when it is not."""
+    from phototag.model import TagModel
+
+    model = TagModel.load(directory)
+    same = model.method.name == method and model.info.get("dataset") == dataset.name and model.info.get("seed") == seed
+    if not same or "train_seconds" not in model.info:
+        raise SystemExit(
+            f"--trained {method}={directory}: that model is a '{model.method.name}' trained on "
+            f"'{model.info.get('dataset')}' (seed {model.info.get('seed')}), not a '{method}' trained on "
+            f"'{dataset.name}' (seed {seed}) by corel5k_cnn_cached.py."
+        )
+    return model
+
+
+def cnn_label(model) -> str:
+    """``cnn (backbone, cached trunk: last N blocks + head)`` or ``cnn (backbone, end to end)``."""
+    cache = getattr(model.method, "trunk_cache_", None)
+    how = f"cached trunk, last {cache['tail_blocks']} blocks + head" if cache else "end to end"
+    return f"cnn ({model.method.spec_.name}, {how})"
+
+
+def cnn_timing(model) -> dict:
+    """Seconds per epoch (mean over the epochs run), the epochs run and the one kept, and the cache fill time."""
+    history = model.method.history_
+    seconds = [h["seconds"] for h in history if "seconds" in h]
+    out = {"epochs_run": len(history), "best_epoch": model.method.best_epoch_}
+    if seconds:
+        out["seconds_per_epoch"] = round(sum(seconds) / len(seconds), 1)
+    cache = getattr(model.method, "trunk_cache_", None)
+    if cache:
+        out["trunk_cache_seconds"] = cache["seconds"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="raw Corel5k folder")
@@ -101,7 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="METHOD.KEY=VALUE", help="a method setting, e.g. mlp.hidden=1024"
     )
     parser.add_argument("--calibrate-thresholds", action="store_true", help="per-tag thresholds from validation")
+    parser.add_argument(
+        "--trained",
+        action="append",
+        default=[],
+        metavar="METHOD=DIR",
+        help="take METHOD's model from DIR (trained on this benchmark's training photos, e.g. the candidate "
+        "benchmarks/corel5k_cnn_cached.py chose on validation) instead of training it here",
+    )
     args = parser.parse_args(argv)
+    trained = dict(item.split("=", 1) for item in args.trained)
     from phototag.settings import parse_set_options
 
     settings: dict[str, dict] = {}
@@ -117,22 +164,30 @@ def main(argv: list[str] | None = None) -> int:
     n_test = len(dataset.split("test"))
     for method in args.methods:
         start = time.perf_counter()
-        model = train(
-            dataset,
-            method=method,
-            config=settings.get(method),
-            backbone=args.backbone,
-            cache_dir=args.cache_dir,
-            out=args.work / "models" / f"{method}-{args.backbone}",
-            seed=args.seed,
-            calibrate_thresholds=args.calibrate_thresholds,
-        )
-        fit_s = time.perf_counter() - start
+        if method in trained:
+            model = trained_model(trained[method], method, dataset, seed=args.seed)
+            fit_s = model.info["train_seconds"]
+        else:
+            model = train(
+                dataset,
+                method=method,
+                config=settings.get(method),
+                backbone=args.backbone,
+                cache_dir=args.cache_dir,
+                out=args.work / "models" / f"{method}-{args.backbone}",
+                seed=args.seed,
+                calibrate_thresholds=args.calibrate_thresholds,
+            )
+            fit_s = time.perf_counter() - start
         n_train = model.info["n_train"]
         label = method if method in ("cnn", "ensemble") else f"{method} ({args.backbone})"
+        if method == "cnn":
+            label = cnn_label(model)
         if method == "ensemble":
             label = f"ensemble [{', '.join(model.method.config.members)}]"
         timing = {"backbone": args.backbone, "train_seconds": round(fit_s, 1)}
+        if method == "cnn":
+            timing.update(cnn_timing(model))
         timing["train_images_per_s"] = round(n_train / fit_s, 1)
         if method == "ensemble":
             rows += ensemble_rows(model, dataset, label, timing, args.cache_dir)
@@ -167,6 +222,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['map']:>6.3f} {row['image_precision_mean']:>6.3f} {row['image_recall_mean']:>6.3f} "
             f"{row['image_f1_mean']:>6.3f} {row['train_images_per_s']:>8.1f} {row['infer_images_per_s']:>8.1f}"
         )
+    for row in rows:
+        if "epochs_run" in row:
+            print(
+                f"{row['method']}: {row['epochs_run']} epochs (best {row['best_epoch']}), "
+                f"{row.get('seconds_per_epoch', float('nan')):.0f} s per epoch"
+                + (
+                    f", activation cache filled in {row['trunk_cache_seconds']:.0f} s"
+                    if "trunk_cache_seconds" in row
+                    else ""
+                )
+            )
     for name, (p, r, f1, n_plus) in PUBLISHED.items():
         print(f"{name + ' [published, std split]':<{width}} {p:>6.3f} {r:>6.3f} {f1:>6.3f} {n_plus:>5d}")
     for label, validation in validation_tables:

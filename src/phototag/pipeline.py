@@ -157,6 +157,7 @@ def train(
         len(vocab),
         0 if val_targets is None else len(val_targets),
     )
+    tagger.run_options = options
     try:
         tagger.fit(
             train_inputs,

@@ -50,6 +50,10 @@ class TaggingMethod(ABC):
     #: Settings older versions saved that are no longer model settings (run options); dropped when loading.
     retired_settings: ClassVar[tuple[str, ...]] = ()
 
+    #: Run options of the training in progress (cache folder, device...), set by :func:`phototag.pipeline.train`
+    #: before ``fit``; never saved. ``cnn`` keeps its cached trunk activations under their cache folder.
+    run_options: Any = None
+
     def __init__(self, config: Any = None, **overrides: Any):
         if isinstance(config, Mapping) and self.retired_settings:
             config = {k: v for k, v in config.items() if k not in self.retired_settings}

@@ -6,7 +6,10 @@ sigmoid. Training has two stages, as in the seeds: "transfer learn" (backbone fr
 "fine tune" (the last ``finetune_blocks`` blocks of the backbone unfrozen, at a lower learning rate). Augmentation:
 rotation ±30°, shifts, zoom, shear, horizontal flip. Early stopping on validation F1 (per image, the seeds' rule:
 score ≥ 0.3, at most 15 tags); the best epoch is kept. On CUDA it trains in mixed precision (bfloat16) with
-channels_last; on CPU it runs (slowly) with tqdm progress bars.
+channels_last. On CPU it trains by default from cached activations of the frozen part of the backbone
+(``cached_trunk``, :mod:`phototag.trunk_cache`): each photo goes once through the layers before the last
+``finetune_blocks`` blocks, for a few fixed views (centre, mirror, optional corner crops), and every epoch runs only
+those blocks and the head on the cached activations.
 
 The saved state is the *whole* fine-tuned network (backbone + head), so a ``cnn`` model directory is the size of the
 backbone (~14 MB for Lite0) — unlike the feature-head methods, whose models hold heads only.
@@ -17,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +77,12 @@ class CNNConfig:
     amp: bool = True  # mixed precision (bfloat16) and channels_last when training on CUDA
     device: str | None = None  # "cuda", "cpu", ...; None = CUDA when available
     resume_from: str | None = None  # a saved cnn model directory to start from (continue training it)
+    # Fine-tuning that fits a CPU (docs/cnn_ensemble.md): the backbone up to the last `finetune_blocks` blocks is
+    # frozen, so its activations are computed once per photo and view, cached on disk, and only those blocks + head
+    # train on them. The views replace the random augmentation above.
+    cached_trunk: bool | None = None  # train from cached activations of the frozen part; None = on when on CPU
+    cache_flip: bool = True  # cached trunk: also cache each photo's mirror image
+    cache_crops: int = 0  # cached trunk: also cache this many corner crops of each photo (0-4), mirrored too
     seed: int = 0  # seeds the head's initialisation, augmentation, dropout and shuffling
 
 
@@ -171,6 +182,8 @@ class CNNTagger(TaggingMethod):
             )
         if cfg.finetune_blocks < 0:
             raise ValueError(f"cnn finetune_blocks must be >= 0. Got {cfg.finetune_blocks} instead.")
+        if not 0 <= cfg.cache_crops <= 4:
+            raise ValueError(f"cnn cache_crops must be between 0 and 4. Got {cfg.cache_crops} instead.")
 
     def _device(self) -> torch.device:
 
@@ -280,13 +293,22 @@ class CNNTagger(TaggingMethod):
         self.network_.load_state_dict(saved.method.network_.state_dict())
         log.info("cnn: resumed from %s", self.config.resume_from)
 
+    def _uses_cached_trunk(self, device: torch.device) -> bool:
+        cached = self.config.cached_trunk
+        return device.type == "cpu" if cached is None else bool(cached)
+
+    def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        cfg = self.config
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+
     def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
         from tqdm.auto import tqdm
 
         self._check_config()
         cfg = self.config
         paths, y, val_paths, yv = self.check_image_data(inputs, targets, val_inputs, val_targets)
-        n = len(paths)
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         self._build(y.shape[1])
@@ -305,13 +327,19 @@ class CNNTagger(TaggingMethod):
             gamma_pos=cfg.asl_gamma_pos,
             clip=cfg.asl_clip,
         )
-        y_all = torch.from_numpy(y)
         blocks = backbone_blocks(net.backbone.model)
-        failed: dict[int, str] = {}
+        self.trunk_cache_: dict[str, Any] | None = None
+        if self._uses_cached_trunk(device):
+            source: _ImageBatches | _CachedTrunkBatches = _CachedTrunkBatches(
+                self, blocks, paths, y, val_paths, yv, device=device, generator=generator, progress=progress
+            )
+            self.trunk_cache_ = source.info
+        else:
+            source = _ImageBatches(self, paths, y, val_paths, yv, device=device, generator=generator)
         self.history_: list[dict[str, Any]] = []
         # Validation F1 decides, mAP breaks ties; the best network so far is kept across both stages.
         tracker = BestEpoch(cfg.patience, floor=(-math.inf, -math.inf))
-        step, warned = 0, False
+        step = 0
         lr0 = cfg.lr if cfg.lr is not None else _DEFAULT_LR[cfg.optimizer]
         stages = [
             ("transfer", cfg.transfer_epochs, 0, lr0),
@@ -327,11 +355,7 @@ class CNNTagger(TaggingMethod):
             for unit in unfrozen:
                 for param in unit.parameters():
                     param.requires_grad_(True)
-            params = [p for p in net.parameters() if p.requires_grad]
-            if cfg.optimizer == "sgd":
-                optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-            else:
-                optimizer = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+            optimizer = self._optimizer([p for p in net.parameters() if p.requires_grad], lr)
             for epoch in range(epochs):
                 net.train()
                 # Frozen layers keep their ImageNet batch-norm statistics; only unfrozen units update theirs.
@@ -339,45 +363,39 @@ class CNNTagger(TaggingMethod):
                 for unit in unfrozen:
                     unit.train()
                 total, seen = 0.0, 0
+                started = time.perf_counter()
                 bar = tqdm(
-                    self._loader(paths, train=True, device=device, generator=generator),
+                    source.batches(),
+                    total=source.n_batches,
                     desc=f"cnn {stage} {epoch + 1}/{epochs}",
                     unit="batch",
                     disable=not progress,
                     leave=False,
                 )
-                for images, index, ok, reason in bar:
-                    for i, good, why in zip(index.tolist(), ok.tolist(), reason, strict=True):
-                        if not good:
-                            failed[i] = why
-                    if not bool(ok.any()):
-                        continue
+                for batch_inputs, batch_targets in bar:
                     for group in optimizer.param_groups:
                         group["lr"] = lr / (1.0 + cfg.lr_decay * step)
-                    batch_targets = y_all[index[ok]].to(device, non_blocking=True)
                     optimizer.zero_grad(set_to_none=True)
                     with self._autocast(device):
-                        logits = net(self._to_device(images[ok], device))
+                        logits = source.forward(batch_inputs)
                     loss = loss_fn(logits.float(), batch_targets)
                     loss.backward()
                     optimizer.step()
                     step += 1
-                    total += float(loss.item()) * int(ok.sum())
-                    seen += int(ok.sum())
+                    total += float(loss.item()) * len(batch_targets)
+                    seen += len(batch_targets)
                     bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
-                if failed and not warned:
-                    warned = True
-                    log.warning(
-                        "%s\nThese %d of %d training images are left out.",
-                        describe_failures([(paths[i], r) for i, r in sorted(failed.items())]),
-                        len(failed),
-                        n,
-                    )
+                source.end_epoch()
                 if seen == 0:
                     raise ValueError("cnn: none of the training images could be read.")
-                record: dict[str, Any] = {"stage": stage, "epoch": len(self.history_) + 1, "train_loss": total / seen}
+                record: dict[str, Any] = {
+                    "stage": stage,
+                    "epoch": len(self.history_) + 1,
+                    "train_loss": total / seen,
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
                 if have_val:
-                    f1, val_map = self._validation_f1(val_paths, yv)
+                    f1, val_map = source.validation_f1()
                     record.update(val_f1=f1, val_map=val_map)
                     stop = tracker.update((f1, val_map), record["epoch"], net)
                     log.info(
@@ -394,7 +412,7 @@ class CNNTagger(TaggingMethod):
         # Without validation there is no best epoch: the network of the last epoch is kept.
         tracker.restore(net)
         self.best_epoch_ = tracker.epoch or len(self.history_)
-        self.n_failed_train_ = len(failed)
+        self.n_failed_train_ = len(source.failed)
         for param in net.parameters():
             param.requires_grad_(False)
         self.network_ = net.eval()
@@ -410,6 +428,7 @@ class CNNTagger(TaggingMethod):
             "backbone_spec": self.spec_.to_dict(),
             "best_epoch": self.best_epoch_,
             "history": getattr(self, "history_", []),
+            "trunk_cache": getattr(self, "trunk_cache_", None),
         }
 
     def set_state(self, arrays, meta):
@@ -424,3 +443,150 @@ class CNNTagger(TaggingMethod):
         self.network_.eval()
         self.best_epoch_ = meta.get("best_epoch")
         self.history_ = list(meta.get("history", []))
+        self.trunk_cache_ = meta.get("trunk_cache")
+
+
+class _ImageBatches:
+    """End-to-end training batches: image files decoded and augmented every epoch, the whole network run on them."""
+
+    def __init__(self, tagger: CNNTagger, paths, targets, val_paths, val_targets, *, device, generator):
+        self.tagger, self.paths, self.val_paths, self.val_targets = tagger, paths, val_paths, val_targets
+        self.targets = torch.from_numpy(targets)
+        self.device = device
+        self.loader = tagger._loader(paths, train=True, device=device, generator=generator)
+        self.n_batches = len(self.loader)
+        self.failed: dict[int, str] = {}
+        self._warned = False
+
+    def batches(self):
+        for images, index, ok, reason in self.loader:
+            for i, good, why in zip(index.tolist(), ok.tolist(), reason, strict=True):
+                if not good:
+                    self.failed[i] = why
+            if bool(ok.any()):
+                targets = self.targets[index[ok]].to(self.device, non_blocking=True)
+                yield self.tagger._to_device(images[ok], self.device), targets
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tagger.network_(images)
+
+    def end_epoch(self) -> None:
+        if self.failed and not self._warned:
+            self._warned = True
+            failures = [(self.paths[i], r) for i, r in sorted(self.failed.items())]
+            log.warning(
+                "%s\nThese %d of %d training images are left out.",
+                describe_failures(failures),
+                len(self.failed),
+                len(self.paths),
+            )
+
+    def validation_f1(self) -> tuple[float, float]:
+        return self.tagger._validation_f1(self.val_paths, self.val_targets)
+
+
+class _CachedTrunkBatches:
+    """Training batches from cached activations of the frozen trunk (:mod:`phototag.trunk_cache`): one cached view
+    of each photo drawn at random per epoch, and only the tail (the unfrozen blocks, then pooling) and head run."""
+
+    def __init__(
+        self, tagger: CNNTagger, blocks, paths, targets, val_paths, val_targets, *, device, generator, progress
+    ):
+        from ..runtime import cache_root
+        from ..trunk_cache import TrunkCache, cache_folder, fill_cache, split_backbone, trunk_fingerprint, view_names
+
+        cfg = tagger.config
+        self.tagger, self.device, self.generator, self.val_targets = tagger, device, generator, val_targets
+        spec = tagger.spec_
+        n_tail = min(cfg.finetune_blocks, len(blocks)) if cfg.finetune_epochs > 0 else 0
+        model = tagger.network_.backbone.model
+        trunk, self.tail = split_backbone(model, blocks, n_tail, int(spec.input_size))
+        self.views = view_names(cfg.cache_flip, cfg.cache_crops)
+        with torch.inference_mode():
+            shape = tuple(
+                trunk.to(device).eval()(torch.zeros(1, 3, spec.input_size, spec.input_size, device=device)).shape[1:]
+            )
+        options = getattr(tagger, "run_options", None)
+        cache_dir = None if options is None else options.cache_dir
+        if cache_dir is False:  # nothing on disk beyond this training: a folder removed when it ends
+            self._tmp = tempfile.TemporaryDirectory(prefix="phototag-trunk-")
+            root = self._tmp.name
+        else:
+            root = cache_root(cache_dir)
+        folder = cache_folder(root, spec, trunk_fingerprint(trunk), n_tail, self.views)
+        self.cache = TrunkCache(
+            folder,
+            (len(self.views), *shape),
+            meta={"backbone": spec.to_dict(), "tail_blocks": n_tail, "views": self.views},
+        )
+        started = time.perf_counter()
+        fill = dict(device=device, batch_size=cfg.batch_size, progress=progress)
+        train = fill_cache(self.cache, paths, trunk, spec, self.views, **fill)
+        val = fill_cache(self.cache, val_paths, trunk, spec, self.views, **fill) if val_paths else None
+        seconds = time.perf_counter() - started
+        self.failed = {i: r for i, (_, r) in zip(np.flatnonzero(train.rows < 0), train.failures, strict=True)}
+        if train.failures:
+            log.warning(
+                "%s\nThese %d of %d training images are left out.",
+                describe_failures(train.failures),
+                len(train.failures),
+                len(paths),
+            )
+        keep = train.rows >= 0
+        self.rows = train.rows[keep]
+        self.targets = torch.from_numpy(targets[keep])
+        self.val_rows = None if val is None else val.rows
+        self.n_batches = math.ceil(len(self.rows) / cfg.batch_size)
+        self.batch_size = cfg.batch_size
+        self.info = {
+            "folder": str(folder) if cache_dir is not False else None,
+            "views": self.views,
+            "tail_blocks": n_tail,
+            "activation_shape": list(shape),
+            "photos": int(len(self.cache)),
+            "computed": int(train.computed + (val.computed if val else 0)),
+            "seconds": round(seconds, 1),
+        }
+        log.info(
+            "cnn: trunk activations of %d photos x %d views ready in %.0f s (%d computed now) in %s",
+            len(paths) + len(val_paths or []),
+            len(self.views),
+            seconds,
+            self.info["computed"],
+            folder,
+        )
+
+    def _inputs(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
+        batch = torch.from_numpy(np.ascontiguousarray(self.cache.array[rows, views])).to(self.device)
+        if batch.ndim == 4 and self.device.type == "cuda" and self.tagger.config.amp:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def batches(self):
+        order = torch.randperm(len(self.rows), generator=self.generator).numpy()
+        views = torch.randint(len(self.views), (len(self.rows),), generator=self.generator).numpy()
+        for start in range(0, len(order), self.batch_size):
+            chosen = np.sort(order[start : start + self.batch_size])  # memory-map reads in file order
+            targets = self.targets[chosen].to(self.device, non_blocking=True)
+            yield self._inputs(self.rows[chosen], views[chosen]), targets
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        return self.tagger.network_.head(self.tail(activations))
+
+    def end_epoch(self) -> None:
+        pass
+
+    def validation_f1(self) -> tuple[float, float]:
+        """Validation F1 and mAP from the centre view, the scores the whole network gives the validation photos."""
+        self.tagger.network_.eval()
+        scores = np.zeros((len(self.val_rows), self.tagger.n_tags_), dtype=np.float32)
+        readable = np.flatnonzero(self.val_rows >= 0)
+        with torch.inference_mode():
+            for start in range(0, len(readable), self.batch_size):
+                chosen = readable[start : start + self.batch_size]
+                inputs = self._inputs(self.val_rows[chosen], np.zeros(len(chosen), dtype=np.int64))
+                with self.tagger._autocast(self.device):
+                    scores[chosen] = torch.sigmoid(self.forward(inputs).float()).cpu().numpy()
+        threshold = self.tagger.config.val_threshold
+        f1 = float(per_image_prf(self.val_targets, threshold_mask(scores, threshold, 15))["f1"].mean())
+        return f1, mean_average_precision(self.val_targets, scores)
