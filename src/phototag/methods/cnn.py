@@ -81,8 +81,8 @@ class CNNConfig:
     # frozen, so its activations are computed once per photo and view, cached on disk, and only those blocks + head
     # train on them. The views replace the random augmentation above.
     cached_trunk: bool | None = None  # train from cached activations of the frozen part; None = on when on CPU
-    cache_flip: bool = True  # cached trunk: also cache each photo's mirror image
-    cache_crops: int = 0  # cached trunk: also cache this many corner crops of each photo (0-4), mirrored too
+    cache_flip: bool = True  # cached trunk: also cache each photo's mirror image (with augment and hflip)
+    cache_crops: int = 0  # cached trunk: also cache this many corner crops (0-4; with augment), mirrored too
     seed: int = 0  # seeds the head's initialisation, augmentation, dropout and shuffling
 
 
@@ -501,7 +501,8 @@ class _CachedTrunkBatches:
         n_tail = min(cfg.finetune_blocks, len(blocks)) if cfg.finetune_epochs > 0 else 0
         model = tagger.network_.backbone.model
         trunk, self.tail = split_backbone(model, blocks, n_tail, int(spec.input_size))
-        self.views = view_names(cfg.cache_flip, cfg.cache_crops)
+        # The views are the cached path's augmentation: none without `augment`, no mirror images without `hflip`.
+        self.views = view_names(cfg.augment and cfg.hflip and cfg.cache_flip, cfg.cache_crops if cfg.augment else 0)
         with torch.inference_mode():
             shape = tuple(
                 trunk.to(device).eval()(torch.zeros(1, 3, spec.input_size, spec.input_size, device=device)).shape[1:]
