@@ -107,13 +107,7 @@ class NeighbourMemory:
 def append_update(method: TaggingMethod, inputs: Mapping[str, np.ndarray], targets: np.ndarray) -> int:
     """The online update shared by the neighbour-voting methods: check the new images and their targets (old tag
     columns first, then any new ones), add them to ``method.memory_`` and return how many tags are new."""
-    method.check_fitted()
-    n = method.check_inputs(inputs)
-    targets = method.check_targets(targets, n)
-    if targets.shape[1] < method.n_tags_:
-        raise ValueError(
-            f"update targets must have at least the model's {method.n_tags_} tag columns. Got {targets.shape[1]}."
-        )
+    targets = method.check_update_targets(inputs, targets)
     method.memory_.append(np.asarray(inputs["features"], np.float32), targets)
     added = targets.shape[1] - method.n_tags_
     method.n_tags_ = targets.shape[1]

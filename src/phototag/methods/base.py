@@ -171,6 +171,17 @@ class TaggingMethod(ABC):
             raise ValueError("targets have no tag columns: the vocabulary is empty.")
         return (targets > 0).astype(np.float32)
 
+    def check_update_targets(self, inputs: Mapping[str, Any], targets: np.ndarray) -> np.ndarray:
+        """For ``update``: the fitted model's new images and their 0/1 targets, old tag columns first (then any new
+        tags), checked; returns the targets as float32."""
+        self.check_fitted()
+        targets = self.check_targets(targets, self.check_inputs(inputs))
+        if targets.shape[1] < self.n_tags_:
+            raise ValueError(
+                f"update targets must have at least the model's {self.n_tags_} tag columns. Got {targets.shape[1]}."
+            )
+        return targets
+
     def score(self, inputs: Mapping[str, Any]) -> np.ndarray:
         """Relevance scores ``(n_images, n_tags)`` float32, higher = more relevant."""
         self.check_fitted()

@@ -297,13 +297,9 @@ class DRELTagger(TaggingMethod):
         """
         from tqdm.auto import tqdm
 
-        self.check_fitted()
-        n = self.check_inputs(inputs)
-        y = self.check_targets(targets, n)
+        y = self.check_update_targets(inputs, targets)
         cfg = self.config
         n_old = self.n_tags_
-        if y.shape[1] < n_old:
-            raise ValueError(f"update targets must have at least the model's {n_old} tag columns. Got {y.shape[1]}.")
         n_new = y.shape[1] - n_old
         if n_new:
             if cfg.tag_init == "text":
@@ -311,7 +307,7 @@ class DRELTagger(TaggingMethod):
             else:
                 names = [f"new-{i}" for i in range(n_new)]
             self.add_tags(names, seed=cfg.seed + n_old)
-        if n == 0:
+        if len(y) == 0:
             return self
         x = check_features(inputs, self.n_features_, "drel")
         # Rehearse the kept training images with the new ones; they do not carry the new tags (unknown: 0).

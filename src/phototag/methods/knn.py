@@ -49,13 +49,7 @@ class KNNTagger(TaggingMethod):
 
     def update(self, inputs, targets, *, progress=True, tag_names=None):
         """Append the new images to the memory; old images get 0 for tags added since (their tags are unknown)."""
-        self.check_fitted()
-        n = self.check_inputs(inputs)
-        targets = self.check_targets(targets, n)
-        if targets.shape[1] < self.n_tags_:
-            raise ValueError(
-                f"update targets must have at least the model's {self.n_tags_} tag columns. Got {targets.shape[1]}."
-            )
+        targets = self.check_update_targets(inputs, targets)
         features = _normalize(np.asarray(inputs["features"], dtype=np.float32))
         if features.shape[1] != self.train_features_.shape[1]:
             raise ValueError(
