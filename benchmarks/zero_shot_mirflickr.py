@@ -41,9 +41,12 @@ import numpy as np
 from phototag.backbones import create_backbone
 from phototag.features import FeatureStore
 from phototag.imagenet_keywords import load_mapping
+from phototag.inputs import build_inputs
 from phototag.methods import create_method
+from phototag.methods.merged import MergedTagger
 from phototag.metrics import average_precision
 from phototag.model import load_model
+from phototag.runtime import RunOptions
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -83,10 +86,13 @@ def read_ids(path: Path) -> set[int]:
     return {int(line) for line in path.read_text().split()}
 
 
-def mirflickr_subset(root: Path, step: int) -> tuple[list[str], list[int], np.ndarray, dict[str, set[int]]]:
-    """Paths and numbers of the report photos, their 14 relevant labels ``(n, 14)`` and the scene photos."""
+def mirflickr_subset(
+    root: Path, step: int, start: int | None = None
+) -> tuple[list[str], list[int], np.ndarray, dict[str, set[int]]]:
+    """Paths and numbers of the report photos (``start``, ``start + step``, ...; ``start`` defaults to ``step``), their
+    14 relevant labels ``(n, 14)`` and the scene photos."""
     annotations = root / "mirflickr25k_annotations_v080"
-    numbers = list(range(step, 20001, step))
+    numbers = list(range(start or step, 20001, step))
     paths = [str(root / "mirflickr" / f"im{n}.jpg") for n in numbers]
     labels = np.zeros((len(numbers), len(LABELS)), dtype=np.float32)
     for j, label in enumerate(LABELS):
@@ -144,37 +150,36 @@ def per_label_ap(labels: np.ndarray, scores: np.ndarray) -> list[float]:
 
 
 def scene_hits(
-    scores: np.ndarray, tags: list[str], numbers: list[int], scenes: dict[str, set[int]], k: int = 10
+    scores: np.ndarray,
+    tags: list[str],
+    numbers: list[int],
+    scenes: dict[str, set[int]],
+    k: int = 10,
+    lists: list[set[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Per scene: photos, and the share with the scene or a synonym among their ``k`` best tags."""
+    """Per scene: photos, and the share with the scene or a synonym among their ``k`` best tags (or in ``lists``,
+    each photo's tag list as the model gives it: for the default model, its 10 best keywords and the categories it
+    adds after them)."""
     row = {n: i for i, n in enumerate(numbers)}
-    top = np.argsort(-scores, axis=1)[:, :k]
+    if lists is None:
+        lists = [{tags[j] for j in top} for top in np.argsort(-scores, axis=1)[:, :k]]
     out = {}
     total_hits = total = 0
     for scene, photos in scenes.items():
         wanted = set(SCENE_SYNONYMS[scene])
-        hits = sum(1 for n in photos if wanted & {tags[j] for j in top[row[n]]})
+        hits = sum(1 for n in photos if wanted & lists[row[n]])
         out[scene] = {"photos": len(photos), "hit_rate": hits / len(photos) if photos else float("nan")}
         total_hits, total = total_hits + hits, total + len(photos)
     out["all"] = {"photos": total, "hit_rate": total_hits / total if total else float("nan")}
     return out
 
 
-def merge(scores_a: np.ndarray, tags_a: list[str], scores_b: np.ndarray, tags_b: list[str]):
-    """One vocabulary (the union of names) scored by the better of the two models for each name."""
-    tags = list(dict.fromkeys([*tags_a, *tags_b]))
-    index = {t: i for i, t in enumerate(tags)}
-    merged = np.zeros((len(scores_a), len(tags)), dtype=np.float64)
-    for scores, names in ((scores_a, tags_a), (scores_b, tags_b)):
-        columns = [index[t] for t in names]
-        merged[:, columns] = np.maximum(merged[:, columns], scores)
-    return merged, tags
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="../shared/data (mirflickr25k, corel5k)")
     parser.add_argument("--step", type=int, default=20, help="every STEP-th photo of 1-20000 (20: 1,000 photos)")
+    parser.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped default)")
+    parser.add_argument("--start", type=int, default=None, help="first photo number (default: STEP)")
     parser.add_argument("--calibration-photos", type=int, default=500, help="Corel5k photos for calibration")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "zero_shot_mirflickr.json")
@@ -184,18 +189,25 @@ def main(argv: list[str] | None = None) -> int:
     if not (mir_root / "mirflickr").is_dir() or not (corel_root / "corel5k_train_list.txt").is_file():
         raise SystemExit(f"MIRFLICKR-25K and Corel5k are needed under {args.data} (see its README.md).")
     started = time.time()
-    paths, numbers, labels, scenes = mirflickr_subset(mir_root, args.step)
+    paths, numbers, labels, scenes = mirflickr_subset(mir_root, args.step, args.start)
     print(
-        f"{len(paths)} MIRFLICKR photos (every {args.step}th of 1-20000); scene photos: "
+        f"{len(paths)} MIRFLICKR photos (every {args.step}th of 1-20000 from {numbers[0]}); scene photos: "
         + ", ".join(f"{s} {len(p)}" for s, p in scenes.items())
     )
 
-    rows: dict[str, dict] = {}
-    # (a) the shipped default model
-    model = load_model()
+    rows: dict[str, tuple] = {}
+    # (a) the shipped default model, and (a0) its Corel5k part alone (the default model before the ImageNet keywords)
+    model = load_model(args.model)
     scored = model.score_images(paths)
-    default_scores, default_tags = scored.scores.astype(np.float64), model.tags
-    rows["default model"] = (default_scores, default_tags)
+    if not scored.ok.all():
+        raise SystemExit(f"{len(scored.failures)} photos could not be read: {scored.failures[:3]}")
+    lists = [{t["tag"] for t in p["tags"]} for p in model.format_predictions(paths, scored.scores, top_k=10)]
+    rows["default model"] = (scored.scores.astype(np.float64), model.tags, lists)
+    if model.method.name == "merged":
+        corel, columns = model.method.parts_[0], model.method.columns_[0]
+        inputs = build_inputs(model.method, paths, options=RunOptions(progress=False)).inputs
+        corel_scores = corel.score(MergedTagger._part_inputs(corel, inputs)).astype(np.float64)
+        rows["(a0) its Corel5k words only"] = (corel_scores, [model.tags[j] for j in columns], None)
 
     # (b) imagenet, calibrated on Corel5k photos only
     mapping = load_mapping()
@@ -215,19 +227,16 @@ def main(argv: list[str] | None = None) -> int:
             progress=False,
         )
         scores = method.score({"backbone_features": {b: report_features[b] for b in backbones}})
-        rows[f"imagenet {name}"] = (scores.astype(np.float64), vocab)
-
-    # (c) both, the better score per tag name
-    rows["default + imagenet lite012"] = merge(default_scores, default_tags, *rows["imagenet lite012"])
+        rows[f"imagenet {name}"] = (scores.astype(np.float64), vocab, None)
 
     results = {}
     header = f"{'model':<28} {'mAP':>6}  " + " ".join(f"{label[:7]:>7}" for label in LABELS) + "  scenes@10"
     print(header)
     print("-" * len(header))
-    for name, (scores, tags) in rows.items():
+    for name, (scores, tags, tag_lists) in rows.items():
         per_label, used = label_scores(scores, tags, LABEL_SYNONYMS)
         aps = per_label_ap(labels, per_label)
-        scene = scene_hits(scores, tags, numbers, scenes)
+        scene = scene_hits(scores, tags, numbers, scenes, lists=tag_lists)
         cells = " ".join(f"{ap:7.3f}" if names else f"{'-':>7}" for ap, names in zip(aps, used, strict=True))
         print(f"{name:<28} {np.mean(aps):6.3f}  {cells}  {scene['all']['hit_rate']:9.3f}")
         results[name] = {
@@ -237,12 +246,14 @@ def main(argv: list[str] | None = None) -> int:
             "scenes_top10": scene,
         }
     print("'-': the model has no tag for the label (constant score: AP = the label's frequency).")
-    scene_line = ", ".join(
-        f"{s} {v['hit_rate']:.2f}" for s, v in results["default + imagenet lite012"]["scenes_top10"].items()
-    )
-    print(f"scenes@10 per scene, merged: {scene_line}")
+    scene_line = ", ".join(f"{s} {v['hit_rate']:.2f}" for s, v in results["default model"]["scenes_top10"].items())
+    print(f"scenes@10 per scene, default model: {scene_line}")
     payload = {
-        "photos": {"dataset": "MIRFLICKR-25K", "numbers": f"every {args.step}th of 1-20000", "n": len(paths)},
+        "photos": {
+            "dataset": "MIRFLICKR-25K",
+            "numbers": f"every {args.step}th of 1-20000 from {numbers[0]}",
+            "n": len(paths),
+        },
         "label_frequency": {label: float(labels[:, j].mean()) for j, label in enumerate(LABELS)},
         "calibration": {
             "dataset": "Corel5k train split",

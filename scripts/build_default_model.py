@@ -60,6 +60,52 @@ def export_graphs(model, folder: Path) -> list[Path]:
     return graphs
 
 
+def with_imagenet(model, dataset):
+    """The Corel5k heads merged with the backbones' own ImageNet-1k classifiers (method ``imagenet``), so the
+    default model names everyday things too (docs/default_vocabulary.md).
+
+    The ImageNet part learns only its calibration, on the validation photos the Corel heads stopped on (Corel words
+    matched to keywords and their parents). Its keywords that name a Corel word take the Corel word (``car`` ->
+    ``cars``), so a photo never gets both; a shared word takes the larger score. The mapping's parent keywords
+    (animal, vehicle, water, people, ...: sums over many classes) become the model's categories, added after the
+    keywords instead of ranked among them.
+    """
+    from phototag.imagenet_keywords import load_mapping
+    from phototag.inputs import build_inputs
+    from phototag.methods import create_method
+    from phototag.model import TagModel, merge_models
+    from phototag.runtime import RunOptions
+    from phototag.vocab import TagVocabulary
+
+    mapping = load_mapping()
+    keywords = mapping.vocabulary()
+    _, val = dataset.train_val(val_fraction=0.1, seed=0)  # the carve `train` stopped the heads on
+    part = create_method("imagenet", backbones=model.method.feature_backbones())
+    batch = build_inputs(part, [dataset.image_path(r) for r in val], options=RunOptions(progress=False))
+    if not batch.ok.all():
+        raise SystemExit(f"Calibration photos could not be read: {batch.failures[:3]}")
+    part.fit(batch.inputs, mapping.targets_from_words([r.tags for r in val], keywords), tag_names=keywords)
+    rename: dict[str, str] = {}
+    for word in model.tags:
+        keyword = mapping.resolve(word)
+        if keyword is not None and keyword not in rename:
+            rename[keyword] = word
+    names = [rename.get(k, k) for k in keywords]
+    everyday = TagModel(part, TagVocabulary(tags=names))
+    categories = sorted({rename.get(k, k) for k in mapping.categories()})
+    info = {
+        **model.info,
+        "imagenet": {
+            "backbones": model.method.feature_backbones(),
+            "calibration_photos": len(val),
+            "keywords": len(names),
+            "renamed_to_corel_words": len(rename),
+            "categories": len(categories),
+        },
+    }
+    return merge_models([model, everyday], info=info, categories=categories)
+
+
 def main(argv: list[str] | None = None) -> int:
     from corel5k import heldout_dataset
     from phototag.model import default_model_path, load_model
@@ -81,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate-thresholds", action="store_true", help="per-tag thresholds from validation")
     parser.add_argument(
         "--reship", action="store_true", help="keep the shipped heads; re-export their backbones and re-measure"
+    )
+    parser.add_argument(
+        "--corel-only", action="store_true", help="leave out the ImageNet keywords (the Corel5k words only)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
@@ -106,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=0,
             calibrate_thresholds=args.calibrate_thresholds,
         )
+    if not args.corel_only and model.method.name != "merged":
+        model = with_imagenet(model, dataset)
     notice_file = args.out / "backbones" / "NOTICE"  # the graphs' origin and licence: kept across rebuilds
     notice = notice_file.read_text() if notice_file.is_file() else None
     with tempfile.TemporaryDirectory(prefix="phototag-graphs-") as tmp:
@@ -123,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = f"python scripts/build_default_model.py --method {args.method}"
         if args.method != "ensemble":
             recipe += f" --backbone {args.backbone}"
+        if args.corel_only:
+            recipe += " --corel-only"
         model.info.update(
             {
                 "dataset": f"corel5k (train split, 4,500 photos; {N_HELDOUT} seeded-random photos held out, seed 0)",

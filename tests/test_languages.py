@@ -24,7 +24,9 @@ REQUIRED = {"en", "de", "fr", "es", "it", "nl"}
 
 
 def default_vocabulary() -> list[str]:
-    return list(TagVocabulary.load(default_model_path() / "vocab.json").tags_)
+    """The default model's words, less the detail keywords (dog and cat breeds: names that stay in English)."""
+    details = set(load_mapping().detail_keywords())
+    return [t for t in TagVocabulary.load(default_model_path() / "vocab.json").tags_ if t not in details]
 
 
 def test_languages_include_the_required_ones_and_a_non_latin_script():

@@ -51,6 +51,33 @@ def test_rank_offset_reorders_top_k_only_and_keeps_the_scores():
     assert DecisionRule().select(SCORES, rank_offset=offset) == DecisionRule().select(SCORES)
 
 
+def test_categories_never_take_a_keywords_place_and_are_added_after_it():
+    """Broad categories (tags 0 and 4 here) are left out of the ranking and added after the keywords when they reach
+    the threshold, best first; the model's threshold is their bar for a top-k decision without one."""
+    rule = DecisionRule(categories=np.array([True, False, False, False, True]))
+    assert [[i for i, _ in row] for row in rule.select(SCORES, top_k=2)] == [[1, 2, 0], [1, 2]]
+    assert [[i for i, _ in row] for row in rule.select(SCORES, top_k=2, threshold=0.2)] == [[1, 2, 0], [4, 0]]
+    assert [[i for i, _ in row] for row in rule.select(SCORES)] == [[1, 2, 0], []]  # the 0.3 rule, at most 15
+    capped = DecisionRule(max_tags=1, categories=rule.categories)
+    assert [i for i, _ in capped.select(SCORES)[0]] == [1, 0]  # the cap counts keywords only
+    # Fewer keywords than k: no category fills the gap below the threshold.
+    assert [i for i, _ in rule.select(SCORES[:, :2], top_k=2)[1]] == [1]
+    assert [s for _, s in rule.select(SCORES, top_k=1)[0]] == pytest.approx([0.5, 0.9])
+
+
+def test_categories_are_saved_with_the_model(saved_model, tmp_path):
+    model = TagModel.load(saved_model[0])
+    model.decision.categories = np.isin(model.tags, model.tags[:1])
+    model.save(tmp_path / "with-categories")
+    loaded = TagModel.load(tmp_path / "with-categories")
+    np.testing.assert_array_equal(loaded.decision.categories, model.decision.categories)
+    scores = np.linspace(0.9, 0.1, len(loaded.tags), dtype=np.float32)[None]
+    assert [loaded.tags[i] for i, _ in loaded.decision.select(scores, top_k=1)[0]] == [
+        loaded.tags[1],
+        loaded.tags[0],
+    ]
+
+
 def test_bad_top_k():
     with pytest.raises(ValueError, match="top_k must be an int >= 1"):
         DecisionRule().select(SCORES, top_k=0)
@@ -116,6 +143,10 @@ def test_default_model_loads():
     shipped = {p.name for p in (model.path / "backbones").glob("*.onnx")}
     assert shipped == {onnx_file_name(s) for s in specs.values()}
     assert (model.path / "backbones" / "NOTICE").is_file()
+    # Corel5k words and the ImageNet keywords in one vocabulary; the mapping's broad words are categories.
+    assert model.method.name == "merged" and len(model.tags) > 1000
+    categories = {t for t, c in zip(model.tags, model.decision.categories, strict=True) if c}
+    assert {"animal", "vehicle", "people", "water"} <= categories and not {"dog", "sky", "sunset"} & categories
 
 
 def test_merge_models_scores_the_union_of_vocabularies(tmp_path):
@@ -142,3 +173,7 @@ def test_merge_models_scores_the_union_of_vocabularies(tmp_path):
     np.testing.assert_allclose(scores[:, merged.tags.index("cup")], sb[:, model_b.tags.index("cup")])
     merged.save(tmp_path / "merged")
     np.testing.assert_array_equal(TagModel.load(tmp_path / "merged").score_inputs(inputs), scores)
+    with_category = merge_models([model_a, model_b], categories=["dog"])
+    assert with_category.decision.categories.tolist() == [t == "dog" for t in merged.tags]
+    with pytest.raises(ValueError, match="not tags of the merged models"):
+        merge_models([model_a, model_b], categories=["animal"])

@@ -1,4 +1,5 @@
-"""Model-file checks on damaged copies of the shipped default model: each damage is one error naming the file."""
+"""Model-file checks on damaged copies of the shipped default model (a ``merged`` model whose first part is the
+Corel5k ``ensemble``): each damage is one error naming the file."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def check_all(header_raw, tensors, file="m/phototag_model.json", weights="m/weig
 def test_the_shipped_default_model_passes(header, tensors):
     checked = check_all(header, tensors)
     assert checked["decision"] == {"threshold": 0.3, "max_tags": 15, "balanced": False}
-    assert checked["method"] == "ensemble"
+    assert checked["method"] == "merged"  # the Corel5k ensemble (part 0) and the ImageNet keywords (part 1)
 
 
 def damaged(header: dict, edit) -> dict:
@@ -97,12 +98,30 @@ def test_a_header_that_is_not_an_object(raw):
 @pytest.mark.parametrize(
     "edit,message",
     [
-        (lambda h: h["config"].update(balance="high"), r"setting 'ensemble.balance: Input should be a valid number"),
-        (lambda h: h["config"].update(members="mlp"), r"setting 'ensemble.members: Input should be a valid list"),
-        (lambda h: h["config"].update(speed=3), r"method 'ensemble' has no setting\(s\) \['speed'\]"),
-        (lambda h: h["method_meta"]["members"][1]["config"].update(hidden="big"), r"'mlp.hidden: Input should be"),
-        (lambda h: h["method_meta"]["members"][0].update(method="nothing"), r"member 0: Unknown method 'nothing'"),
-        (lambda h: h["method_meta"].update(members={"a": 1}), r"method meta 'members' must be a list"),
+        (
+            lambda h: h["config"]["parts"][0]["config"].update(balance="high"),
+            r"setting 'ensemble.balance: Input should be a valid number",
+        ),
+        (
+            lambda h: h["config"]["parts"][0]["config"].update(members="mlp"),
+            r"setting 'ensemble.members: Input should be a valid list",
+        ),
+        (
+            lambda h: h["config"]["parts"][0]["config"].update(speed=3),
+            r"method 'ensemble' has no setting\(s\) \['speed'\]",
+        ),
+        (
+            lambda h: h["method_meta"]["parts"][0]["meta"]["members"][1]["config"].update(hidden="big"),
+            r"'mlp.hidden: Input should be",
+        ),
+        (
+            lambda h: h["method_meta"]["parts"][0]["meta"]["members"][0].update(method="nothing"),
+            r"member 0: Unknown method 'nothing'",
+        ),
+        (
+            lambda h: h["method_meta"]["parts"][0]["meta"].update(members={"a": 1}),
+            r"part 0 meta 'members' must be a list",
+        ),
     ],
 )
 def test_wrong_config_types_are_refused(header, tensors, edit, message):
@@ -112,15 +131,18 @@ def test_wrong_config_types_are_refused(header, tensors, edit, message):
 
 def test_wrong_weight_shapes_and_missing_arrays(header, tensors):
     cut = dict(tensors)
-    cut["method/member1/net.0.weight"] = tensors["method/member1/net.0.weight"][:, :1000]
-    with pytest.raises(ModelFormatError, match=r"'method/member1/net.0.weight' has shape 512x1000.*declares 512x1280"):
-        check_all(header, cut)
-    wrong_tags = dict(tensors, **{"method/offsets/vote": np.zeros(259, np.float32)})
-    with pytest.raises(ModelFormatError, match=r"'method/offsets/vote' has shape \(259,\), expected \(260,\)"):
-        check_all(header, wrong_tags)
-    missing = {k: v for k, v in tensors.items() if k != "method/stacker/net.2.bias"}
+    cut["method/part0/member1/net.0.weight"] = tensors["method/part0/member1/net.0.weight"][:, :1000]
     with pytest.raises(
-        ModelFormatError, match=r"m/weights.safetensors is damaged: the array 'method/stacker/net.2.bias' is missing"
+        ModelFormatError, match=r"'method/part0/member1/net.0.weight' has shape 512x1000.*declares 512x1280"
+    ):
+        check_all(header, cut)
+    wrong_tags = dict(tensors, **{"method/part0/offsets/vote": np.zeros(259, np.float32)})
+    with pytest.raises(ModelFormatError, match=r"'method/part0/offsets/vote' has shape \(259,\), expected \(260,\)"):
+        check_all(header, wrong_tags)
+    missing = {k: v for k, v in tensors.items() if k != "method/part0/stacker/net.2.bias"}
+    with pytest.raises(
+        ModelFormatError,
+        match=r"m/weights.safetensors is damaged: the array 'method/part0/stacker/net.2.bias' is missing",
     ):
         check_all(header, missing)
     threshold = dict(tensors, **{"decision/per_tag_threshold": np.full(12, 0.3, np.float32)})
@@ -128,16 +150,21 @@ def test_wrong_weight_shapes_and_missing_arrays(header, tensors):
         check_all(header, threshold)
     # A meta that lies about the feature width is caught the same way.
     with pytest.raises(ModelFormatError, match=r"member1/mean' has shape 1280, but the model declares 1000"):
-        check_all(damaged(header, lambda h: h["method_meta"]["members"][1]["meta"].update(n_features=1000)), tensors)
+        check_all(
+            damaged(
+                header, lambda h: h["method_meta"]["parts"][0]["meta"]["members"][1]["meta"].update(n_features=1000)
+            ),
+            tensors,
+        )
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_weights_are_refused(header, tensors, bad):
     poisoned = dict(tensors)
-    array = tensors["method/member0/net.3.weight"].copy()
+    array = tensors["method/part0/member0/net.3.weight"].copy()
     array[5, 7] = bad
-    poisoned["method/member0/net.3.weight"] = array
-    with pytest.raises(ModelFormatError, match=r"'method/member0/net.3.weight' holds 1 NaN or infinite value"):
+    poisoned["method/part0/member0/net.3.weight"] = array
+    with pytest.raises(ModelFormatError, match=r"'method/part0/member0/net.3.weight' holds 1 NaN or infinite value"):
         check_all(header, poisoned)
 
 
@@ -146,11 +173,11 @@ def test_damaged_copy_on_disk_round_trip(header, tmp_path):
     copy_dir = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, copy_dir)
     tensors = load_file(str(copy_dir / "weights.safetensors"))
-    tensors["method/stacker/net.0.bias"] = np.full_like(tensors["method/stacker/net.0.bias"], np.nan)
+    tensors["method/part0/stacker/net.0.bias"] = np.full_like(tensors["method/part0/stacker/net.0.bias"], np.nan)
     save_file(tensors, str(copy_dir / "weights.safetensors"))
     header_file = copy_dir / "phototag_model.json"
     raw = json.loads(header_file.read_text())
-    n_bad = tensors["method/stacker/net.0.bias"].size  # every value: members x tags
+    n_bad = tensors["method/part0/stacker/net.0.bias"].size  # every value: members x tags
     message = rf"model/weights.safetensors is damaged: .*stacker/net.0.bias.* {n_bad} NaN"
     with pytest.raises(ModelFormatError, match=message):
         check_all(raw, load_file(str(copy_dir / "weights.safetensors")), header_file, copy_dir / "weights.safetensors")
@@ -177,12 +204,14 @@ def test_fuzzed_header_values_give_a_model_error_or_pass(header, value, where):
 DAMAGES = {
     "header is a list": lambda d: (d / "phototag_model.json").write_text("[1, 2]"),
     "extra key in decision": lambda d: _edit_header(d, lambda h: h["decision"].update(extra=1)),
-    "config value of the wrong type": lambda d: _edit_header(d, lambda h: h["config"].update(balance_k="two")),
-    "member config of the wrong type": lambda d: _edit_header(
-        d, lambda h: h["method_meta"]["members"][0]["config"].update(hidden=[512])
+    "config value of the wrong type": lambda d: _edit_header(
+        d, lambda h: h["config"]["parts"][0]["config"].update(balance_k="two")
     ),
-    "wrong weight shape": lambda d: _edit_weights(d, "method/member0/net.0.weight", lambda a: a[:, :100]),
-    "NaN weights": lambda d: _edit_weights(d, "method/member1/net.3.bias", lambda a: a * np.nan),
+    "member config of the wrong type": lambda d: _edit_header(
+        d, lambda h: h["method_meta"]["parts"][0]["meta"]["members"][0]["config"].update(hidden=[512])
+    ),
+    "wrong weight shape": lambda d: _edit_weights(d, "method/part0/member0/net.0.weight", lambda a: a[:, :100]),
+    "NaN weights": lambda d: _edit_weights(d, "method/part0/member1/net.3.bias", lambda a: a * np.nan),
 }
 
 

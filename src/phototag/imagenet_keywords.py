@@ -64,6 +64,11 @@ class KeywordMapping:
         direct = {k for ks in self.class_keywords for k in ks}
         return sorted(direct | {a for k in direct for a in self.ancestors(k)})
 
+    def categories(self) -> list[str]:
+        """Keywords that are a parent of another keyword (animal, vehicle, food, ...): broad words whose score sums
+        many classes, which the default model adds after its keywords instead of ranking them. Sorted."""
+        return sorted({p for parents in self.parents.values() for p in parents})
+
     def detail_keywords(self) -> list[str]:
         """Detail keywords that are not also ordinary keywords, sorted."""
         ordinary = set(self.keywords())

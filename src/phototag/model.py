@@ -56,12 +56,19 @@ class DecisionRule:
     :class:`TagModel` passes the method's offsets only for *balanced* top-k decisions (``balanced``, or
     ``--balanced`` per call): they trade the most likely tags for rarer ones, which per-word benchmarks reward but a
     user asking for "the 5 best tags" may not expect.
+
+    ``categories`` ``(n_tags,)`` marks broad words (animal, vehicle, water: a sum over many narrower words, as the
+    default model's ImageNet part gives them) that never take a keyword's place: they are left out of the ranking
+    for ``top_k`` and ``max_tags`` and added after the chosen keywords when they reach the threshold (``threshold``,
+    or the model's own threshold for a ``top_k`` decision without one), best first. So a list can be longer than
+    ``top_k``, as a rules file's ``parents:`` can make it.
     """
 
     threshold: float = 0.3  # global score threshold (seed 001)
     max_tags: int | None = 15  # at most this many tags per image (seed 001)
     per_tag_threshold: np.ndarray | None = field(default=None, repr=False)  # (n_tags,) calibrated thresholds
     balanced: bool = False  # top-k follows the method's rank offsets by default (when it has them)
+    categories: np.ndarray | None = field(default=None, repr=False)  # (n_tags,) bool: attached after the keywords
 
     def select(
         self,
@@ -87,15 +94,38 @@ class DecisionRule:
             cut = -np.inf if threshold is None else float(threshold)
             limit = top_k
         ranking = scores if top_k is None or rank_offset is None else apply_offsets(scores, rank_offset)
+        n_tags = scores.shape[1]
+        cut_array = np.broadcast_to(np.asarray(cut, dtype=np.float64), (n_tags,))
+        broad = self.category_mask(n_tags)
+        if broad is not None:
+            ranking = np.where(broad, -np.inf, ranking)  # categories never take a keyword's place
+            bar = cut_array if np.isfinite(cut_array).all() else self._default_cut(n_tags)
+            broad_columns = np.flatnonzero(broad)
         order = np.argsort(-ranking, axis=1, kind="stable")
         if limit is not None:
             order = order[:, :limit]
         chosen = []
-        cut_array = np.broadcast_to(np.asarray(cut, dtype=np.float64), (scores.shape[1],))
         for row, idx in zip(scores, order, strict=True):
             keep = idx[row[idx] >= cut_array[idx]]
+            if broad is not None:
+                keep = keep[~broad[keep]]
+                extra = broad_columns[row[broad_columns] >= bar[broad_columns]]
+                keep = np.concatenate([keep, extra[np.argsort(-row[extra], kind="stable")]])
             chosen.append([(int(i), float(row[i])) for i in keep])
         return chosen
+
+    def category_mask(self, n_tags: int) -> np.ndarray | None:
+        """:attr:`categories` as a bool mask over ``n_tags`` columns (tags added later are keywords), or ``None``."""
+        if self.categories is None or not np.any(self.categories):
+            return None
+        mask = np.zeros(n_tags, dtype=bool)
+        given = np.asarray(self.categories, dtype=bool)[:n_tags]
+        mask[: len(given)] = given
+        return mask
+
+    def _default_cut(self, n_tags: int) -> np.ndarray:
+        cut = self.per_tag_threshold if self.per_tag_threshold is not None else self.threshold
+        return np.broadcast_to(np.asarray(cut, dtype=np.float64), (n_tags,))
 
 
 @dataclass
@@ -336,6 +366,9 @@ class TagModel:
         tensors = {f"method/{k}": np.ascontiguousarray(v) for k, v in arrays.items()}
         if self.decision.per_tag_threshold is not None:
             tensors["decision/per_tag_threshold"] = np.asarray(self.decision.per_tag_threshold, dtype=np.float32)
+        categories = self.decision.category_mask(len(self.vocab))
+        if categories is not None:
+            tensors["decision/categories"] = categories.astype(np.uint8)
         header = {
             "format": MODEL_FORMAT,
             "format_version": MODEL_FORMAT_VERSION,
@@ -404,7 +437,12 @@ class TagModel:
         method.set_state(
             {k[len("method/") :]: v for k, v in tensors.items() if k.startswith("method/")}, header["method_meta"]
         )
-        decision = DecisionRule(**header["decision"], per_tag_threshold=tensors.get("decision/per_tag_threshold"))
+        categories = tensors.get("decision/categories")
+        decision = DecisionRule(
+            **header["decision"],
+            per_tag_threshold=tensors.get("decision/per_tag_threshold"),
+            categories=None if categories is None else categories.astype(bool),
+        )
         spec = BackboneSpec.from_dict(header["backbone"]) if header.get("backbone") else None
         model = cls(method, vocab, backbone_spec=spec, decision=decision, info=header.get("info", {}))
         model.path = path
@@ -431,12 +469,20 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parent / "default_model"
 
 
-def merge_models(models: Sequence[TagModel], *, rule: str = "max", info: dict[str, Any] | None = None) -> TagModel:
+def merge_models(
+    models: Sequence[TagModel],
+    *,
+    rule: str = "max",
+    info: dict[str, Any] | None = None,
+    categories: Sequence[str] = (),
+) -> TagModel:
     """One model scoring the union of several fitted models' vocabularies (method ``merged``).
 
     The first model's tags keep their columns and its decision rule; later models add their new tags. A tag several
     models know takes the largest of their scores (``rule="max"``) or the mean. The models' methods must name their
     backbones (``backbone_features``: ensembles, ``imagenet``), so the input layer decodes each photo once for all.
+    ``categories``: tags the merged model adds after the chosen keywords instead of ranking them
+    (:class:`DecisionRule`); each must be one of the merged tags.
     """
     import copy
 
@@ -449,10 +495,14 @@ def merge_models(models: Sequence[TagModel], *, rule: str = "max", info: dict[st
     vocab.add_tags(tags[len(models[0].tags) :])
     if vocab.tags_ != tags:
         raise ValueError("merge_models: the merged vocabulary does not follow the models' tag order.")
+    unknown = sorted(set(categories) - set(tags))
+    if unknown:
+        raise ValueError(f"merge_models: categories {unknown[:5]} are not tags of the merged models.")
     decision = DecisionRule(
         threshold=models[0].decision.threshold,
         max_tags=models[0].decision.max_tags,
         balanced=models[0].decision.balanced,
+        categories=np.isin(tags, list(categories)) if categories else None,
     )
     return TagModel(method, vocab, decision=decision, info=info or {})
 

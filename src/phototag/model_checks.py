@@ -164,6 +164,11 @@ def _check_method(
         raise ModelFormatError(f"{file}: {where}: {err}") from None
     retired = getattr(method_class, "retired_settings", ())  # settings older versions saved; dropped on loading
     check_method_config(method, {k: v for k, v in config.items() if k not in retired}, method_class.Config, file)
+    if method == "merged":  # the parts' own configs, which build the parts before their saved meta is read
+        for i, part in enumerate(config.get("parts") or []):
+            if not isinstance(part, dict) or not isinstance(part.get("method"), str):
+                raise ModelFormatError(f"{file} is damaged: {where} config part {i} must name its method.")
+            _check_method(part["method"], part.get("config") or {}, {}, get_method_class, file, f"part {i}")
     for key, label in (("members", "member"), ("parts", "part")):  # ensemble members, merged parts
         members = meta.get(key)
         if members is None:
@@ -223,7 +228,23 @@ def declared_shapes(method: str, config: Mapping[str, Any], meta: Mapping[str, A
             }
         )
         return shapes
+    if method == "merged":
+        shapes = {}
+        for i, part in enumerate(meta.get("parts") or []):
+            shapes.update(declared_shapes(part["method"], part["config"], part["meta"], f"{prefix}part{i}/"))
+            shapes[f"{prefix}columns/{i}"] = (_int(part["meta"].get("n_tags")),)
+        return shapes
     return {}
+
+
+def _offset_tags(name: str, header: Mapping[str, Any], n_tags: int | None) -> int | None:
+    """How many tags the offsets array ``name`` must cover: a merged model's part scores its own vocabulary."""
+    match = _MERGED_PART.search(name)
+    if match is None:
+        return n_tags
+    parts = header.get("method_meta", {}).get("parts") or []
+    index = int(match.group(2))
+    return _int(parts[index]["meta"].get("n_tags")) if index < len(parts) else None
 
 
 def _int(value: Any) -> int | None:
@@ -231,6 +252,7 @@ def _int(value: Any) -> int | None:
 
 
 _OFFSETS = re.compile(r"(^|/)offsets/[^/]+$")
+_MERGED_PART = re.compile(r"(^|/)part(\d+)/")  # a merged model's part scores its own vocabulary, not the model's
 
 
 def check_weights(tensors: Mapping[str, np.ndarray], header: Mapping[str, Any], file: str | os.PathLike) -> None:
@@ -247,10 +269,11 @@ def check_weights(tensors: Mapping[str, np.ndarray], header: Mapping[str, Any], 
     n_tags = _int(header.get("method_meta", {}).get("n_tags")) or _int(header.get("n_tags"))
     declared = declared_shapes(header["method"], header["config"], header["method_meta"], "method/")
     declared["decision/per_tag_threshold"] = (n_tags,)
+    declared["decision/categories"] = (n_tags,)
     for name, shape in declared.items():
         if name not in tensors:
-            if name == "decision/per_tag_threshold":
-                continue  # only calibrated models have per-tag thresholds
+            if name.startswith("decision/"):
+                continue  # only calibrated models have per-tag thresholds, only merged ones categories
             raise ModelFormatError(f"{file} is damaged: the array '{name}' is missing; restore the model or retrain.")
         got = tuple(tensors[name].shape)
         if len(got) != len(shape) or any(want is not None and want != g for want, g in zip(shape, got, strict=False)):
@@ -260,9 +283,10 @@ def check_weights(tensors: Mapping[str, np.ndarray], header: Mapping[str, Any], 
                 f"but the model declares {wanted}; restore the model or retrain it."
             )
     for name, array in tensors.items():
-        if _OFFSETS.search(name) and n_tags is not None and tuple(array.shape) != (n_tags,):
+        expected = _offset_tags(name, header, n_tags) if _OFFSETS.search(name) else None
+        if expected is not None and tuple(array.shape) != (expected,):
             raise ModelFormatError(
-                f"{file} is damaged: the array '{name}' has shape {array.shape}, expected ({n_tags},)."
+                f"{file} is damaged: the array '{name}' has shape {array.shape}, expected ({expected},)."
             )
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
