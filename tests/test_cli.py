@@ -194,22 +194,34 @@ def test_global_options_after_the_command(capsys):
 
 def test_tag_with_examples_uses_default_model(capsys):
     pytest.importorskip("skimage")
+    from phototag.model import load_model
+
+    model = load_model()
+    broad = {t for t, c in zip(model.tags, model.decision.categories, strict=True) if c}
+
+    def split(line):  # the k keywords, then the broad categories the default model adds after them
+        keywords = [t for t in line["tags"] if t["tag"] not in broad]
+        return keywords, line["tags"][len(keywords) :]
+
     code, out, _ = run(capsys, ["-q", "tag", "--examples", "--format", "jsonl", "--top-k", "3"])
     assert code == 0
     lines = [json.loads(line) for line in out.splitlines()]
-    assert len(lines) >= 4 and all(len(line["tags"]) == 3 for line in lines)
-    # Plain top-k lists the most likely tags, best first.
-    assert all(
-        [t["score"] for t in line["tags"]] == sorted((t["score"] for t in line["tags"]), reverse=True) for line in lines
-    )
+    assert len(lines) >= 4
+    for line in lines:
+        keywords, categories = split(line)
+        assert len(keywords) == 3 and line["tags"][:3] == keywords  # keywords first, categories after
+        assert all(t["tag"] in broad and t["score"] >= 0.3 for t in categories)
+        # Plain top-k lists the most likely keywords, best first.
+        assert [t["score"] for t in keywords] == sorted((t["score"] for t in keywords), reverse=True)
+    assert any(split(line)[1] for line in lines)  # some photo gets a category (the cat: animal, mammal, pet)
     code, out, _ = run(capsys, ["-q", "tag", "--examples", "--format", "jsonl", "--top-k", "3", "--balanced"])
     assert code == 0
     balanced = [json.loads(line) for line in out.splitlines()]
     assert [b["image"] for b in balanced] == [p["image"] for p in lines]
-    assert all(len(b["tags"]) == 3 for b in balanced)
+    assert all(len(split(b)[0]) == 3 for b in balanced)
     # The default model's offsets favour rare words: some photo's balanced top 3 differs from its plain top 3.
     assert any(
-        {t["tag"] for t in b["tags"]} != {t["tag"] for t in p["tags"]} for b, p in zip(balanced, lines, strict=True)
+        {t["tag"] for t in split(b)[0]} != {t["tag"] for t in split(p)[0]} for b, p in zip(balanced, lines, strict=True)
     )
 
 
