@@ -21,6 +21,14 @@ def shared_default_model():
     return load_model(None)
 
 
+def keywords(tags: list[dict]) -> list[dict]:
+    """The keywords of a default-model tag list: the broad categories it adds after them (animal, vehicle, people,
+    ...) are not counted in ``top_k``."""
+    model = shared_default_model()
+    broad = {t for t, c in zip(model.tags, model.decision.categories, strict=True) if c}
+    return [t for t in tags if t["tag"] not in broad]
+
+
 @contextlib.contextmanager
 def running_server(app, *, start_timeout: float = 60.0, stop_timeout: float = 20.0) -> Iterator[str]:
     """Serve ``app`` on a free localhost port in a background thread; yields the base URL, stops on exit."""

@@ -220,7 +220,7 @@ def _assert_parts_match(out: Path, photos: list[str], local_out: str) -> None:
     table = pq.read_table(out).to_pydict()
     assert table["image"] == photos
     local = {row["image"]: row for row in map(json.loads, local_out.splitlines())}
-    assert len(set(table["model"])) == 1 and table["model"][0].startswith("ensemble-")
+    assert len(set(table["model"])) == 1 and table["model"][0].startswith("merged-")
     for image, tags, scores, error in zip(table["image"], table["tags"], table["scores"], table["error"], strict=True):
         if image not in local:
             assert error and tags == [] and image.endswith("broken.jpg")
