@@ -78,6 +78,13 @@ def test_categories_are_saved_with_the_model(saved_model, tmp_path):
     ]
 
 
+def test_rule_thresholds_replace_the_models_own_and_can_lower_it():
+    rule = DecisionRule().with_thresholds({3: 0.2, 0: 0.95}, 5)  # tag 3 lowered (0.29 now passes), tag 0 raised
+    assert [[i for i, _ in row] for row in rule.select(SCORES)] == [[1, 2, 3], []]
+    assert rule.select(SCORES, top_k=2) == DecisionRule().select(SCORES, top_k=2)  # top-k: the rules filter later
+    assert DecisionRule().with_thresholds({}, 5) == DecisionRule()
+
+
 def test_bad_top_k():
     with pytest.raises(ValueError, match="top_k must be an int >= 1"):
         DecisionRule().select(SCORES, top_k=0)

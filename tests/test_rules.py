@@ -13,6 +13,7 @@ from phototag.rules import (
     apply_rules,
     apply_rules_to_tags,
     find_rules_file,
+    label_thresholds,
     load_rules,
     parse_rules,
     rule_labels,
@@ -116,3 +117,10 @@ def test_the_example_rules_file_in_the_docs_loads():
     rules = load_rules(EXAMPLE)
     assert rules.blocklist and rules.rules
     assert "animal" in rule_labels(rules)
+
+
+def test_label_thresholds_for_a_models_tags():
+    rules = parse_rules(
+        {"tabby": {"see": "cat"}, "cat": {"threshold": 0.2}, "dog": {"threshold": 0.6}, "x": {"see": "y"}}
+    )
+    assert label_thresholds(rules, ["tabby", "cat", "dog", "sky", "x"]) == {"tabby": 0.2, "cat": 0.2, "dog": 0.6}

@@ -365,6 +365,24 @@ def test_lang_translates_answers_and_unknown_languages_are_422(server, photos, d
     assert status == 200 and body["tags"]["sky"] == "空" and set(default_model.tags) <= set(body["tags"])
 
 
+def test_a_rules_threshold_can_lower_the_models_own(default_model, photos):
+    """Under the model's own rule (no top_k), a label's rule threshold replaces the model's 0.3, so a label the model
+    scores below it can be shown."""
+    from phototag.rules import parse_rules
+
+    scores = default_model.score_images(photos[:1]).scores[0]
+    keywords = ~default_model.decision.categories
+    candidates = np.flatnonzero(keywords & (scores > 0.1) & (scores < 0.29))
+    label, score = default_model.tags[candidates[0]], float(scores[candidates[0]])
+    rules = parse_rules({label: {"threshold": round(score - 0.01, 4)}})
+    with running_server(create_app(default_model, ServiceConfig(rules=rules))) as url:
+        status, body, _ = post_files(f"{url}/v1/tag", [upload(photos[0])])
+        assert status == 200 and label in [t["tag"] for t in body["results"][0]["tags"]]
+    with running_server(create_app(default_model, ServiceConfig())) as url:
+        status, body, _ = post_files(f"{url}/v1/tag", [upload(photos[0])])
+        assert status == 200 and label not in [t["tag"] for t in body["results"][0]["tags"]]
+
+
 def test_serve_with_rules_and_a_default_language(default_model, photos):
     from phototag.rules import parse_rules
 

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,16 @@ class DecisionRule:
         mask[: len(given)] = given
         return mask
 
+    def with_thresholds(self, thresholds: Mapping[int, float], n_tags: int) -> DecisionRule:
+        """A copy whose own rule (no ``top_k`` / ``threshold`` given) uses ``thresholds`` (column -> threshold) for
+        those of the ``n_tags`` tags and the current thresholds for the rest; they may be lower than the model's."""
+        if not thresholds:
+            return self
+        cut = np.array(self._default_cut(n_tags), dtype=np.float32)
+        for column, value in thresholds.items():
+            cut[column] = value
+        return replace(self, per_tag_threshold=cut)
+
     def _default_cut(self, n_tags: int) -> np.ndarray:
         cut = self.per_tag_threshold if self.per_tag_threshold is not None else self.threshold
         return np.broadcast_to(np.asarray(cut, dtype=np.float64), (n_tags,))
@@ -199,6 +209,14 @@ class TagModel:
         if "features" not in self.data_keys:
             raise ValueError(f"Method '{self.method.name}' reads no single-backbone features.")
         return self.stores(RunOptions(cache_dir=cache_dir))["features"]
+
+    def decision_with(self, thresholds: Mapping[str, float]) -> DecisionRule:
+        """The model's decision rule with per-label thresholds (label -> threshold, e.g.
+        :func:`phototag.rules.label_thresholds`) for its own rule; labels the model does not know are ignored (a
+        rules file may name any). The model is left as it is."""
+        index = {tag: j for j, tag in enumerate(self.tags)}
+        columns = {index[tag]: value for tag, value in thresholds.items() if tag in index}
+        return self.decision.with_thresholds(columns, len(self.tags))
 
     def score_inputs(self, inputs: Mapping[str, Any]) -> np.ndarray:
         """Scores ``(n_images, n_tags)`` from ready-made inputs (see :attr:`data_keys`)."""
@@ -340,11 +358,15 @@ class TagModel:
         top_k: int | None = None,
         threshold: float | None = None,
         balanced: bool | None = None,
+        decision: DecisionRule | None = None,
     ) -> list[dict[str, Any]]:
+        """``{"image", "tags": [{"tag", "score"}]}`` per row of ``scores`` (``decision``: instead of the model's own,
+        e.g. :meth:`decision_with` a rules file's thresholds)."""
         tags = self.vocab.tags_
         # Checked even without top_k, as the service does: balanced=True on a model without offsets is an error.
         offset = self.rank_offset(balanced)
-        chosen = self.decision.select(scores, top_k=top_k, threshold=threshold, rank_offset=offset)
+        rule = self.decision if decision is None else decision
+        chosen = rule.select(scores, top_k=top_k, threshold=threshold, rank_offset=offset)
         return [
             {"image": name, "tags": [{"tag": tags[i], "score": round(s, 4)} for i, s in picks]}
             for name, picks in zip(names, chosen, strict=True)

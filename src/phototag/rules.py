@@ -12,7 +12,10 @@ Modelled on PhotoPrism's ``rules.yml``: a YAML mapping of label -> rule, plus an
 
 Rules are applied after the model's own decision (threshold / top-k), to the prediction list of
 :meth:`phototag.model.TagModel.predict` (``[{"image", "tags": [{"tag", "score"}]}]``), by :func:`apply_rules`, a pure
-function. A rule's threshold can only raise the bar: tags the model did not return cannot come back.
+function. Thresholds also reach the decision itself (:func:`label_thresholds`, which the CLI and the service give
+:meth:`phototag.model.TagModel.decision_with`): under the model's own rule (no ``--top-k`` / ``--threshold``)
+a label's rule threshold replaces the model's threshold for it, so it can lower the bar as well as raise it; with
+``--top-k`` or ``--threshold`` it only drops what the decision returned below it.
 
 Where rules come from (:func:`find_rules_file`): ``--rules FILE``, else ``$PHOTOTAG_RULES``, else
 ``~/.config/phototag/rules.yml`` (``$XDG_CONFIG_HOME/phototag/rules.yml``) when it exists; ``--rules none`` (or
@@ -250,6 +253,19 @@ def apply_rules(predictions: Sequence[Mapping[str, Any]], rules: Rules) -> list[
     if not rules:
         return [dict(p) for p in predictions]
     return [{**p, "tags": apply_rules_to_tags(p["tags"], rules)} for p in predictions]
+
+
+def label_thresholds(rules: Rules, tags: Sequence[str]) -> dict[str, float]:
+    """The rule threshold of each of a model's ``tags`` that has one: set on the label as the model names it, else on
+    the label it is renamed to (the order :func:`apply_rules_to_tags` uses)."""
+    out = {}
+    for tag in tags:
+        threshold = rules.rule(tag).threshold
+        if threshold is None:
+            threshold = rules.rule(rules.canonical(tag)).threshold
+        if threshold is not None:
+            out[tag] = float(threshold)
+    return out
 
 
 def rule_labels(rules: Rules) -> list[str]:

@@ -10,7 +10,15 @@ import argparse
 import sys
 
 from ..xmp import SIDECAR_NAMINGS, WRITE_MODES
-from .options import EXIT_OK, EXIT_PARTIAL, CLIError, find_image_paths, resolved_rules, run_options
+from .options import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    CLIError,
+    find_image_paths,
+    resolved_rules,
+    run_options,
+    use_rule_thresholds,
+)
 from .output import finish_predictions
 
 
@@ -31,6 +39,7 @@ def write_library_keywords(model, args: argparse.Namespace) -> int:
 
     if args.examples:
         raise CLIError("--write changes the photos' metadata; give your own PATHs, not --examples.")
+    use_rule_thresholds(model, args)
     try:
         summary = tag_library(
             model,

@@ -146,6 +146,13 @@ def resolved_rules(args: argparse.Namespace):
     return rules
 
 
+def use_rule_thresholds(model, args: argparse.Namespace) -> None:
+    """The rules file's per-label thresholds become the model's own for this command (they may lower the bar)."""
+    from ..rules import label_thresholds
+
+    model.decision = model.decision_with(label_thresholds(resolved_rules(args), model.tags))
+
+
 def _rules_argument(value: str):
     """``--rules FILE``: loaded and checked while parsing, so a bad file stops the command before any work."""
     from ..rules import NO_RULES, Rules, RulesError, load_rules

@@ -15,6 +15,7 @@ from .options import (
     cluster_options,
     find_image_paths,
     run_options,
+    use_rule_thresholds,
 )
 from .output import finish_predictions, format_predictions, write_output
 
@@ -23,6 +24,7 @@ def predict_and_print(model, args: argparse.Namespace) -> int:
     """Tag ``args.paths`` (or the rows of ``--input``) with ``model`` and print them; the exit code."""
     from ..images import describe_failures
 
+    use_rule_thresholds(model, args)
     on_ray = getattr(args, "engine", "local") == "ray"
     out = getattr(args, "out", None)
     if out is not None and not on_ray:

@@ -42,7 +42,7 @@ from ..languages import (
     translate_tag,
 )
 from ..model import TagModel
-from ..rules import Rules, apply_rules, rule_labels
+from ..rules import Rules, apply_rules, label_thresholds, rule_labels
 from .batching import MicroBatcher, QueueFullError, make_scorer
 from .config import IMAGE_CONTENT_TYPES, WEB_DIR, ServiceConfig, allowed_host_names
 from .identity import ModelIdentity
@@ -193,6 +193,7 @@ def build_app(model: TagModel, config: ServiceConfig, identity: ModelIdentity) -
     feedback = FeedbackStore(config.feedback_db) if config.feedback_db is not None else None
     started = time.time()
     rules = config.rules if config.rules is not None else Rules()
+    decision = model.decision_with(label_thresholds(rules, model.tags))  # rule thresholds may lower the model's
     check_language(config.lang)  # a bad server default fails at start, not on every request
 
     @contextlib.asynccontextmanager
@@ -514,6 +515,7 @@ def build_app(model: TagModel, config: ServiceConfig, identity: ModelIdentity) -
             top_k=top_k,
             threshold=threshold,
             balanced=balanced,
+            decision=decision,
         )
         formatted = translate_predictions(apply_rules(formatted, rules), lang)
         by_index = dict(zip(ok, formatted, strict=True))
