@@ -56,7 +56,7 @@ DREL_ROWS = [
     ("drel --preset paper", "drel", {}, "paper"),
 ]
 #: SGD rates tried for ``drel --preset paper`` (the preset leaves the rate to the user), each a short fit.
-DREL_LR_GRID = [0.01, 0.1, 1.0]
+DREL_LR_GRID = [0.1, 1.0, 10.0]
 DREL_LR_SEARCH_EPOCHS = 8
 
 ENSEMBLE_MEMBERS = ["mlp@efficientnet_lite0", "knn@efficientnet_lite0", "svm@efficientnet_lite0"]
