@@ -17,11 +17,12 @@ plain vote (``temperature=1000``: the softmax weights of 100 neighbours differ b
 ``cnn`` — the VGG16-tagger paper's protocol: ``phototag import ... --clean paper-cnn`` (raw user tags; no tag with a
 digit or a camera brand; tags on > 100 training photos); ``phototag predict M PHOTOS`` with the default rule (score
 ≥ 0.3, at most 15 tags); per-photo precision, recall and F1, averaged over photos. Rows: ``mlp`` (the paper's
-transfer-learning stage on frozen features: Dense 512 ReLU, Dropout 0.5, weighted BCE; here with the ``mlp``
-defaults), its ensemble partners ``knn`` and ``svm`` alone, and one ``ensemble`` of the three (``stack_folds=0``)
-predicted with each combiner (its default ``stacker``; ``--combiner average|vote|union|intersection``) at 0.3, and
-vote / union / intersection also at 0.5 (the 3-CNN-ensemble paper's rounding). ``--cnn`` adds the fine-tuned
-``cnn --preset paper`` row (cached trunk on CPU; far over this benchmark's time box, see docs/cnn_ensemble.md).
+transfer-learning stage on frozen features: Dense 512 ReLU, Dropout 0.5; with the ``mlp`` defaults, and with the
+paper's weighted BCE, positives × 10), its ensemble partners ``knn`` and ``svm`` alone, and one ``ensemble`` of the
+three (``stack_folds=0``) predicted with each combiner (its default ``stacker``; ``--combiner average|vote|union|
+intersection``) at 0.3, and vote / union / intersection also at 0.5 (the 3-CNN-ensemble paper's rounding). ``--cnn``
+adds the fine-tuned ``cnn --preset paper`` row (cached trunk on CPU; far over this benchmark's time box, see
+docs/cnn_ensemble.md).
 
     OMP_NUM_THREADS=1 nice -n 15 python benchmarks/mirflickr_protocols.py drel --work /tmp/mirflickr-protocols
     OMP_NUM_THREADS=1 nice -n 15 python benchmarks/mirflickr_protocols.py cnn --work /tmp/mirflickr-protocols
@@ -63,6 +64,7 @@ ENSEMBLE_MEMBERS = ["mlp@efficientnet_lite0", "knn@efficientnet_lite0", "svm@eff
 #: The VGG16-tagger protocol: (row, method, settings, preset).
 CNN_ROWS = [
     ("mlp (frozen backbone + new head)", "mlp", {}, None),
+    ("mlp, the paper's loss (positives x10)", "mlp", {"pos_weight": 10.0}, None),
     ("knn", "knn", {}, None),
     ("svm", "svm", {}, None),
     ("ensemble mlp + knn + svm", "ensemble", {"members": ENSEMBLE_MEMBERS, "stack_folds": 0}, None),
@@ -129,10 +131,10 @@ def predict(model_dir: Path, paths: list[str], flags: list[str], quiet: list[str
 
 def print_row(name: str, row: dict) -> None:
     if "f1" in row and "n_plus" in row:
-        print(f"  {name:<40} P {row['mean_precision']:.3f}  R {row['mean_recall']:.3f}  F1 {row['f1']:.3f}  "
+        print(f"  {name:<48} P {row['mean_precision']:.3f}  R {row['mean_recall']:.3f}  F1 {row['f1']:.3f}  "
               f"N+ {row['n_plus']}/{row['n_tags']}", flush=True)  # fmt: skip
     else:
-        print(f"  {name:<40} P {row['precision']:.3f}  R {row['recall']:.3f}  F1 {row['f1']:.3f}", flush=True)
+        print(f"  {name:<48} P {row['precision']:.3f}  R {row['recall']:.3f}  F1 {row['f1']:.3f}", flush=True)
 
 
 def run_drel(args, src: Path, work: Path, result: dict) -> None:
@@ -161,7 +163,7 @@ def run_cnn(args, src: Path, work: Path, result: dict) -> None:
     tags = list(ds.vocab.tags_)
     rows = result["rows"] = {}
     for name, method, config, preset in CNN_ROWS + ([CNN_ROW] if args.cnn else []):
-        model_dir = work / f"cnn-{method}-{preset or 'default'}"
+        model_dir = work / f"cnn-{method}-{preset or 'default'}{'-pw10' if config.get('pos_weight') else ''}"
         row = train_and_predict(ds_dir, model_dir, method, config, preset, paths, [], args.quiet_flag)
         chosen = prediction_matrix(Path(row["predictions"]), paths, tags) >= 0
         label = f"{name}, stacker" if method == "ensemble" else name
