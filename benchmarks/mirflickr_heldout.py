@@ -263,6 +263,19 @@ def user_tag_metrics(work: Path, ds: Dataset, src: Path, numbers: range, paths: 
     return out
 
 
+def source_and_work(data: Path, work: Path | None, prefix: str) -> tuple[Path, Path] | None:
+    """The MIRFLICKR-25K folder under ``data`` and the work folder (created; a new temporary one when ``None``), or
+    ``None``, after saying why, when the photos are not there."""
+    logging.basicConfig(level=logging.WARNING)
+    src = data / "mirflickr25k"
+    if not (src / "mirflickr").is_dir():
+        print(f"MIRFLICKR-25K photos not found under {data}; pass --data.", file=sys.stderr)
+        return None
+    work = work or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return src, work
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
@@ -282,13 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "mirflickr_heldout.json")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    src = args.data / "mirflickr25k"
-    if not (src / "mirflickr").is_dir():
-        print(f"MIRFLICKR-25K photos not found under {args.data}; pass --data.", file=sys.stderr)
+    if (folders := source_and_work(args.data, args.work, "mirflickr-heldout-")) is None:
         return 2
-    work = args.work or Path(tempfile.mkdtemp(prefix="mirflickr-heldout-"))
-    work.mkdir(parents=True, exist_ok=True)
+    src, work = folders
     ds_dir = work / "DS"
     quiet = ["--quiet"] if args.quiet else []
     import_command = None

@@ -32,15 +32,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from mirflickr_heldout import DEFAULT_DATA, features_of, prediction_matrix, run_cli, set_flags, user_tag_truth
+from mirflickr_heldout import (
+    DEFAULT_DATA,
+    features_of,
+    prediction_matrix,
+    run_cli,
+    set_flags,
+    source_and_work,
+    user_tag_truth,
+)
 from phototag.data import Dataset
 from phototag.methods import create_method
 from phototag.metrics import per_image_prf, per_tag_at_k
@@ -226,13 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.json = args.json or REPO / "benchmarks" / "results" / f"mirflickr_{args.protocol}_protocol.json"
     args.quiet_flag = ["--quiet"] if args.quiet else []
-    logging.basicConfig(level=logging.WARNING)
-    src = args.data / "mirflickr25k"
-    if not (src / "mirflickr").is_dir():
-        print(f"MIRFLICKR-25K photos not found under {args.data}; pass --data.", file=sys.stderr)
+    if (folders := source_and_work(args.data, args.work, "mirflickr-protocols-")) is None:
         return 2
-    work = args.work or Path(tempfile.mkdtemp(prefix="mirflickr-protocols-"))
-    work.mkdir(parents=True, exist_ok=True)
+    src, work = folders
     command = f"python benchmarks/mirflickr_protocols.py {' '.join(argv if argv is not None else sys.argv[1:])}"
     result: dict = {"command": command, "backbone": "efficientnet_lite0", "train_images": args.train_images,
                     "unseen": [args.train_images + 1, args.last_image]}  # fmt: skip
