@@ -208,30 +208,48 @@ def full_score_map(model_dir: Path, paths: list[str], truth: np.ndarray, labels:
     return float(evaluate_labels(truth, label_scores, labels)["map"])
 
 
+def prediction_matrix(file: Path, paths: list[str], tags: list[str]) -> np.ndarray:
+    """``(n_photos, n_tags)`` scores read from ``phototag predict --format jsonl`` (-1 for a tag not listed)."""
+    column = {t: j for j, t in enumerate(tags)}
+    row_of = {p: i for i, p in enumerate(paths)}
+    scores = np.full((len(paths), len(tags)), -1.0)
+    seen = 0
+    for line in file.read_text().splitlines():
+        item = json.loads(line)
+        seen += 1
+        for t in item["tags"]:
+            scores[row_of[item["image"]], column[t["tag"]]] = t["score"]
+    if seen != len(paths):
+        raise SystemExit(f"{file}: {seen} predictions for {len(paths)} photos")
+    return scores
+
+
+def user_tag_truth(src: Path, numbers: range, vocab, clean: str = "default") -> np.ndarray:
+    """``(n_photos, n_tags)`` bool: photos ``numbers``' own user tags, prepared as the import prepared the training
+    photos' (``clean``: ``phototag import mirflickr --clean``), in the training vocabulary ``vocab``.
+    """
+    from phototag.importers import import_mirflickr
+
+    records = import_mirflickr(src, max_images=numbers[-1], clean=clean).records[numbers[0] - 1 :]
+    return vocab.transform(r.tags for r in records) > 0
+
+
 def user_tag_metrics(work: Path, ds: Dataset, src: Path, numbers: range, paths: list[str], rows: dict) -> dict:
     """Each saved model's held-out predictions against the unseen photos' own user tags (the import's preprocessing,
     in the training vocabulary): per photo P/R/F1 at score ≥ 0.3, at most 15 tags (the VGG16-tagger seed's rule),
     and each photo's 5 best tags, per-tag P/R/F1/N+ (DR-EL's protocol). Photos without a known tag are left out.
     """
-    from phototag.importers import import_mirflickr
     from phototag.metrics import per_image_prf, per_tag_at_k, threshold_mask
 
-    records = import_mirflickr(src, max_images=numbers[-1]).records[numbers[0] - 1 :]
-    vocab, tags = ds.vocab, list(ds.vocab.tags_)
-    truth = vocab.transform(r.tags for r in records) > 0
+    tags = list(ds.vocab.tags_)
+    truth = user_tag_truth(src, numbers, ds.vocab)
     keep = truth.any(axis=1)
     out = {"n_photos": int(keep.sum()), "n_tags_present": int(truth[keep].any(axis=0).sum())}
     for row_name in rows:
         file = work / f"model-{model_dir_name(row_name)}.jsonl"
         if not file.exists():
             continue
-        column = {t: j for j, t in enumerate(tags)}
-        row_of = {p: i for i, p in enumerate(paths)}
-        scores = np.full((len(paths), len(tags)), -1.0)
-        for line in file.read_text().splitlines():
-            item = json.loads(line)
-            for t in item["tags"]:
-                scores[row_of[item["image"]], column[t["tag"]]] = t["score"]
+        scores = prediction_matrix(file, paths, tags)
         prf = per_image_prf(truth[keep], threshold_mask(scores[keep], 0.3, 15))
         top5 = per_tag_at_k(truth[keep], scores[keep], 5)
         out[row_name] = {
@@ -243,6 +261,19 @@ def user_tag_metrics(work: Path, ds: Dataset, src: Path, numbers: range, paths: 
               f"P {top5['mean_precision']:.3f} R {top5['mean_recall']:.3f} F1 {top5['f1']:.3f} "
               f"N+ {top5['n_plus']}/{top5['n_tags']}", flush=True)  # fmt: skip
     return out
+
+
+def source_and_work(data: Path, work: Path | None, prefix: str) -> tuple[Path, Path] | None:
+    """The MIRFLICKR-25K folder under ``data`` and the work folder (created; a new temporary one when ``None``), or
+    ``None``, after saying why, when the photos are not there."""
+    logging.basicConfig(level=logging.WARNING)
+    src = data / "mirflickr25k"
+    if not (src / "mirflickr").is_dir():
+        print(f"MIRFLICKR-25K photos not found under {data}; pass --data.", file=sys.stderr)
+        return None
+    work = work or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return src, work
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,13 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "mirflickr_heldout.json")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    src = args.data / "mirflickr25k"
-    if not (src / "mirflickr").is_dir():
-        print(f"MIRFLICKR-25K photos not found under {args.data}; pass --data.", file=sys.stderr)
+    if (folders := source_and_work(args.data, args.work, "mirflickr-heldout-")) is None:
         return 2
-    work = args.work or Path(tempfile.mkdtemp(prefix="mirflickr-heldout-"))
-    work.mkdir(parents=True, exist_ok=True)
+    src, work = folders
     ds_dir = work / "DS"
     quiet = ["--quiet"] if args.quiet else []
     import_command = None

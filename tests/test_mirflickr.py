@@ -93,6 +93,20 @@ def test_min_fraction_drops_rare_tags(mirflickr_copy, tmp_path):
         (mirflickr_copy / "mirflickr" / "meta" / "tags" / "tags3.txt").write_text("Clouds\nnikond80\nsunsets\n2007\n")
 
 
+def test_paper_cnn_cleaning_reads_the_raw_tags(mirflickr_copy, tmp_path):
+    # The VGG16-tagger paper cleans the raw tags (no lemmas, no lexicon): digits and camera brands go, plurals stay.
+    argv = ["import", "mirflickr", str(mirflickr_copy), str(tmp_path / "ds"), "--clean", "paper-cnn"]
+    argv += ["--min-count", "2"]
+    assert main(argv) == 0
+    dataset = Dataset.load(tmp_path / "ds")
+    first = next(r for r in dataset.records if r.id == "im1")
+    assert first.tags == ["clouds", "nikond80", "sunsets", "2007"]
+    assert set(dataset.vocab.tags_) == {"clouds", "sunsets", "dogs", "puppy"}
+    assert dataset.info["preprocessing"].startswith("VGG16-tagger paper")
+    with pytest.raises(ValueError, match="clean must be"):
+        import_mirflickr(mirflickr_copy, clean="strict")
+
+
 @pytest.mark.parametrize(("targets", "expected"), [("labels", ["clouds", "sky"]), ("labels-r1", ["clouds"])])
 def test_label_targets(mirflickr_copy, targets, expected):
     dataset = import_mirflickr(mirflickr_copy, targets=targets, max_images=10)

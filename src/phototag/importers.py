@@ -385,6 +385,7 @@ def import_mirflickr(
     targets: str = "user-tags",
     min_fraction: float = 0.001,
     max_images: int | None = None,
+    clean: str = "default",
 ) -> Dataset:
     """MIRFLICKR-25K: the photo layout (images, user tags, label lists) or the tag-matrix files.
 
@@ -397,6 +398,10 @@ def import_mirflickr(
       vocabulary keeps tags on at least ``min_fraction`` of the training photos (0.1 %);
     - ``"labels"``: the 24 potential labels; ``"labels-r1"``: the 14 relevant labels.
 
+    With ``clean="paper-cnn"`` (``phototag import mirflickr --clean paper-cnn``) user-tag targets are the raw tags,
+    only normalised (:func:`~phototag.vocab.normalize_tag`: no lemmas, no lexicon), for the VGG16-tagger paper's
+    cleaning, which the vocabulary then applies (no tag with a digit or a camera brand, tags on > 100 photos).
+
     Matrix layout: ``mirflickr25k-yall.mat`` user-tag bag + ``-lall.mat`` 24 labels (no images): targets are the
     labels, user tags the bag's columns named ``utag0000`` ... (the matrices ship no tag names).
 
@@ -407,7 +412,10 @@ def import_mirflickr(
         targets: See above (photo layout only).
         min_fraction: Vocabulary threshold for ``"user-tags"`` targets, as a fraction of training photos.
         max_images: Import only the photos with the lowest numbers (a quick subset).
+        clean: ``"default"`` or ``"paper-cnn"`` (see above).
     """
+    if clean not in ("default", "paper-cnn"):
+        raise ValueError(f"clean must be 'default' or 'paper-cnn'. Got {clean!r} instead.")
     if layout not in ("auto", "photos", "matrices"):
         raise ValueError(f"layout must be 'auto', 'photos' or 'matrices'. Got {layout!r} instead.")
     if layout == "matrices" or (layout == "auto" and not (src / "mirflickr").is_dir()):
@@ -446,7 +454,9 @@ def import_mirflickr(
             "image_number": number,
             **{key: [n for n in label_names[kind] if number in labels[kind][n]] for kind, key in LABEL_KINDS.items()},
         }
-        if targets == "user-tags":
+        if targets == "user-tags" and clean == "paper-cnn":
+            tags = list(dict.fromkeys(t for t in (normalize_tag(raw) for raw in user_tags) if t))
+        elif targets == "user-tags":
             tags = refinement_paper_tags(user_tags, aliases=aliases)
         else:
             tags = list(meta[LABEL_KINDS[targets]])
@@ -469,7 +479,9 @@ def import_mirflickr(
         "split": {"seed": seed, "fractions": [0.8, 0.1, 0.1]},
         "import": _report(len(numbers) + len(missing), records, missing, records_without_tag_file=no_tag_file),
     }
-    if targets == "user-tags":
+    if targets == "user-tags" and clean == "paper-cnn":
+        info["preprocessing"] = "VGG16-tagger paper: raw tags normalised; no digit or camera brand, > 100 photos"
+    elif targets == "user-tags":
         info["preprocessing"] = "refinement paper: lemmatised, English lexicon (simplemma), >= 0.1% of photos"
         info["vocabulary_defaults"] = {"min_count": max(1, math.ceil(min_fraction * n_train))}
     return Dataset(records, name="mirflickr25k", image_root=src, info=info)

@@ -26,6 +26,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None]
         if given:
             raise CLIError(f"{', '.join(given)} apply to 'phototag import mirflickr' only.")
+    if args.kind == "mirflickr" and args.clean == "paper-cnn":
+        options["clean"] = "paper-cnn"  # the raw user tags, not the refinement paper's lemmas, are cleaned
     dataset = run_importer(
         args.kind,
         args.src,
