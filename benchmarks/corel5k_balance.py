@@ -12,7 +12,6 @@ row; the table shows the per-word Corel5k numbers (5 words per photo) it changes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from corel5k import DEFAULT_DATA, REPO, heldout_dataset
 from phototag.calibration import apply_offsets, tag_balance_offsets
 from phototag.metrics import per_tag_at_k
 from phototag.pipeline import train
+from report import write_json
 
 POWERS = (1.0, 0.75, 0.5, 0.25, 0.0)
 KS = (2, 3, 5)
@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{label:>8} {k:>3} | {val['f1']:>8.3f} {val['n_plus']:>6d} | {held['mean_precision']:>6.3f} "
             f"{held['mean_recall']:>6.3f} {held['f1']:>6.3f} {held['n_plus']:>4d}"
         )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"protocol": "corel5k-heldout500", "rows": rows}, indent=2, default=float))
-    print(f"wrote {args.json}")
+    write_json(args.json, {"protocol": "corel5k-heldout500", "rows": rows}, default=float)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corel5k import DEFAULT_DATA, REPO, heldout_dataset  # noqa: E402
 from phototag.methods import create_method  # noqa: E402
 from phototag.metrics import evaluate_scores  # noqa: E402
+from report import write_json
 
 #: Validation grids (the paper's ranges: 2PKNN's K1 is small; TagProp uses K = 200 on Corel5k).
 GRIDS: dict[str, dict[str, list]] = {
@@ -139,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"held out: {method} [{label}] {result['config']}: P@5 {t['p@5']:.3f} R@5 {t['r@5']:.3f} "
                 f"F1@5 {t['f1@5']:.3f} N+ {t['n_plus@5']} mAP {t['map']:.3f} img-F1 {t['image_f1']:.3f}"
             )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2, default=float))
-    print(f"wrote {args.json}")
+    write_json(args.json, report, default=float)
     return 0
 
 

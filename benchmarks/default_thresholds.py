@@ -13,7 +13,6 @@ threshold; fitted thresholds clipped to [0.15, 0.6]. The 500 held-out photos are
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from corel5k import heldout_dataset
 from phototag.calibration import per_tag_thresholds
 from phototag.metrics import per_image_prf, threshold_mask
 from phototag.model import load_model
+from report import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_POSITIVES = (1, 3, 5, 8)
@@ -74,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean_f1": {k: float(np.mean(v)) for k, v in rows.items()},
         "std_f1": {k: float(np.std(v)) for k, v in rows.items()},
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_json(args.json, payload)
     return 0
 
 

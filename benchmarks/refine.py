@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import sys
 import time
@@ -41,6 +40,7 @@ from phototag.metrics import (
     micro_auc,
 )
 from phototag.refinement import refine_scores, simulate_user_noise, tag_context_features
+from report import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -212,9 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rows": rows,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_json(args.json, result)
     return 0
 
 

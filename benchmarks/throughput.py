@@ -19,7 +19,6 @@ torch rows, git for the baseline, and ``../shared/data/corel5k``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import numpy as np  # noqa: E402
+
+from report import write_json  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "throughput.json"
 
@@ -266,9 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             print_table(quality)
             rows += quality
     result = {"machine": f"{os.cpu_count()} CPU cores", "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
     return 0
 
 

@@ -30,7 +30,6 @@ Metrics:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -47,6 +46,7 @@ from phototag.methods.merged import MergedTagger
 from phototag.metrics import average_precision
 from phototag.model import load_model
 from phototag.runtime import RunOptions
+from report import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -266,9 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "seconds": round(time.time() - started, 1),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_json(args.json, payload)
     return 0
 
 
