@@ -42,7 +42,6 @@ from phototag.features import FeatureStore
 from phototag.imagenet_keywords import load_mapping
 from phototag.inputs import build_inputs
 from phototag.methods import create_method
-from phototag.methods.merged import MergedTagger
 from phototag.metrics import average_precision
 from phototag.model import load_model
 from phototag.runtime import RunOptions
@@ -204,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     lists = [{t["tag"] for t in p["tags"]} for p in model.format_predictions(paths, scored.scores, top_k=10)]
     rows["default model"] = (scored.scores.astype(np.float64), model.tags, lists)
     if model.method.name == "merged":
-        corel, columns = model.method.parts_[0], model.method.columns_[0]
         inputs = build_inputs(model.method, paths, options=RunOptions(progress=False)).inputs
-        corel_scores = corel.score(MergedTagger._part_inputs(corel, inputs)).astype(np.float64)
+        corel_scores = model.method.part_scores(inputs)[0].astype(np.float64)
+        columns = model.method.columns_[0]
         rows["(a0) its Corel5k words only"] = (corel_scores, [model.tags[j] for j in columns], None)
 
     # (b) imagenet, calibrated on Corel5k photos only

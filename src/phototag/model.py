@@ -86,7 +86,7 @@ class DecisionRule:
         if top_k is not None and (not isinstance(top_k, int | np.integer) or top_k < 1):
             raise ValueError(f"top_k must be an int >= 1. Got {top_k!r} instead.")
         if top_k is None and threshold is None:
-            cut: float | np.ndarray = self.per_tag_threshold if self.per_tag_threshold is not None else self.threshold
+            cut: float | np.ndarray = self.own_thresholds(scores.shape[1])
             limit = self.max_tags
         elif top_k is None:
             cut, limit = float(threshold), self.max_tags
@@ -99,7 +99,7 @@ class DecisionRule:
         broad = self.category_mask(n_tags)
         if broad is not None:
             ranking = np.where(broad, -np.inf, ranking)  # categories never take a keyword's place
-            bar = cut_array if np.isfinite(cut_array).all() else self._default_cut(n_tags)
+            bar = cut_array if np.isfinite(cut_array).all() else self.own_thresholds(n_tags)
             broad_columns = np.flatnonzero(broad)
         order = np.argsort(-ranking, axis=1, kind="stable")
         if limit is not None:
@@ -128,12 +128,13 @@ class DecisionRule:
         those of the ``n_tags`` tags and the current thresholds for the rest; they may be lower than the model's."""
         if not thresholds:
             return self
-        cut = np.array(self._default_cut(n_tags), dtype=np.float32)
+        cut = np.array(self.own_thresholds(n_tags), dtype=np.float32)
         for column, value in thresholds.items():
             cut[column] = value
         return replace(self, per_tag_threshold=cut)
 
-    def _default_cut(self, n_tags: int) -> np.ndarray:
+    def own_thresholds(self, n_tags: int) -> np.ndarray:
+        """The thresholds of the model's own rule, one per tag: the per-tag ones when calibrated, else the global."""
         cut = self.per_tag_threshold if self.per_tag_threshold is not None else self.threshold
         return np.broadcast_to(np.asarray(cut, dtype=np.float64), (n_tags,))
 

@@ -249,13 +249,11 @@ def evaluate(
         label_scores, missing = label_score_matrix(model.vocab.tags_, scores, names)
         truth = label_truth([r for r, good in zip(records, ok, strict=True) if good], names, against)
         return {**evaluate_labels(truth, label_scores, names), "labels_without_tag": " ".join(missing) or "none"}
-    threshold = model.decision.per_tag_threshold
-    threshold = model.decision.threshold if threshold is None else threshold
     result = evaluate_scores(
         targets,
         scores,
         k=k,
-        threshold=threshold,
+        threshold=model.decision.own_thresholds(scores.shape[1]),
         max_tags=model.decision.max_tags,
         ranking_scores=model.ranking_scores(scores, balanced=balanced),
     )

@@ -77,6 +77,11 @@ class Rules:
             seen.append(target)
         return seen[-1]
 
+    def threshold(self, label: str) -> float | None:
+        """The threshold for a tag the model named ``label``: its own rule's, else the one of the label it becomes."""
+        own = self.rule(label).threshold
+        return own if own is not None else self.rule(self.canonical(label)).threshold
+
     def blocked(self, label: str) -> bool:
         return label in self.blocklist or self.rule(label).block
 
@@ -226,9 +231,7 @@ def apply_rules_to_tags(tags: Sequence[Mapping[str, Any]], rules: Rules) -> list
     for tag in tags:
         original, score = str(tag["tag"]), float(tag["score"])
         label = rules.canonical(original)
-        threshold = rules.rule(original).threshold
-        if threshold is None:
-            threshold = rules.rule(label).threshold
+        threshold = rules.threshold(original)
         if (threshold is not None and score < threshold) or rules.blocked(original):
             continue
         offer(label, score)
@@ -256,16 +259,9 @@ def apply_rules(predictions: Sequence[Mapping[str, Any]], rules: Rules) -> list[
 
 
 def label_thresholds(rules: Rules, tags: Sequence[str]) -> dict[str, float]:
-    """The rule threshold of each of a model's ``tags`` that has one: set on the label as the model names it, else on
-    the label it is renamed to (the order :func:`apply_rules_to_tags` uses)."""
-    out = {}
-    for tag in tags:
-        threshold = rules.rule(tag).threshold
-        if threshold is None:
-            threshold = rules.rule(rules.canonical(tag)).threshold
-        if threshold is not None:
-            out[tag] = float(threshold)
-    return out
+    """The rule threshold (:meth:`Rules.threshold`) of each of a model's ``tags`` that has one."""
+    thresholds = {tag: rules.threshold(tag) for tag in tags}
+    return {tag: float(value) for tag, value in thresholds.items() if value is not None}
 
 
 def rule_labels(rules: Rules) -> list[str]:

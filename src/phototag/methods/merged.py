@@ -119,13 +119,17 @@ class MergedTagger(TaggingMethod):
             out["backbone_features"] = {b: inputs["backbone_features"][b] for b in part.feature_backbones()}
         return out
 
+    def part_scores(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
+        """Each part's scores of its own tags ``(n_images, n_part_tags)``; :attr:`columns_` places them."""
+        self.check_fitted()
+        return [part.score(self._part_inputs(part, inputs)) for part in self.parts_]
+
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
         mean = self.config.rule == "mean"
         start = 0.0 if mean else -np.inf  # every tag belongs to at least one part, so no -inf is left for "max"
         out = np.full((self.check_inputs(inputs), self.n_tags_), start, dtype=np.float32)
         count = np.zeros(self.n_tags_, dtype=np.float32)
-        for part, cols in zip(self.parts_, self.columns_, strict=True):
-            scores = part.score(self._part_inputs(part, inputs))
+        for scores, cols in zip(self.part_scores(inputs), self.columns_, strict=True):
             if mean:
                 out[:, cols] += scores
                 count[cols] += 1
