@@ -43,6 +43,7 @@ from phototag.features import FeatureStore
 from phototag.importers import read_label_lists
 from phototag.labels import evaluate_labels, label_truth, tag_for_label
 from phototag.methods import create_method
+from report import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -224,13 +225,14 @@ def prediction_matrix(file: Path, paths: list[str], tags: list[str]) -> np.ndarr
     return scores
 
 
-def user_tag_truth(src: Path, numbers: range, vocab, clean: str = "default") -> np.ndarray:
+def user_tag_truth(src: Path, numbers: range, vocab, clean: str = "default", parents: bool = True) -> np.ndarray:
     """``(n_photos, n_tags)`` bool: photos ``numbers``' own user tags, prepared as the import prepared the training
-    photos' (``clean``: ``phototag import mirflickr --clean``), in the training vocabulary ``vocab``.
+    photos' (``clean``, ``parents``: ``phototag import mirflickr --clean``, ``--[no-]parents``), in the training
+    vocabulary ``vocab``.
     """
     from phototag.importers import import_mirflickr
 
-    records = import_mirflickr(src, max_images=numbers[-1], clean=clean).records[numbers[0] - 1 :]
+    records = import_mirflickr(src, max_images=numbers[-1], clean=clean, parents=parents).records[numbers[0] - 1 :]
     return vocab.transform(r.tags for r in records) > 0
 
 
@@ -263,6 +265,34 @@ def user_tag_metrics(work: Path, ds: Dataset, src: Path, numbers: range, paths: 
     return out
 
 
+def done_when_row(work: Path, ds_dir: Path, paths: list[str], truth, labels, quiet, import_command) -> dict:
+    """The issue's own commands on the unseen photos: ``refine`` with every default, top 500 tags, mAP over the 14."""
+    model_dir = work / "model-refine-defaults"
+    argv_train = ["train", str(ds_dir), "--method", "refine", "--out", str(model_dir), *quiet]
+    start = time.perf_counter()
+    run_cli(argv_train)
+    train_s = time.perf_counter() - start
+    out_file = work / "model-refine-defaults.jsonl"
+    argv_predict = ["predict", str(model_dir), *paths, "--top-k", "500", "--format", "jsonl", "--rules", "none",
+                    *quiet, "--output", str(out_file)]  # fmt: skip
+    start = time.perf_counter()
+    run_cli(argv_predict)
+    predict_s = time.perf_counter() - start
+    row = evaluate_labels(truth, held_out_scores(out_file, paths, labels), labels)
+    print_row("held out: refine, every default (the done-when commands)", row)
+    return {
+        **row,
+        "commands": [
+            import_command or f"phototag import mirflickr SRC {ds_dir} (made earlier in --work)",
+            "phototag " + " ".join(argv_train),
+            f"phototag predict MODEL ({len(paths)} photos) " + " ".join(argv_predict[-8:]),
+        ],
+        "n_tags": len(Dataset.load(ds_dir).vocab),
+        "train_seconds": round(train_s, 1),
+        "predict_seconds": round(predict_s, 1),
+    }
+
+
 def source_and_work(data: Path, work: Path | None, prefix: str) -> tuple[Path, Path] | None:
     """The MIRFLICKR-25K folder under ``data`` and the work folder (created; a new temporary one when ``None``), or
     ``None``, after saying why, when the photos are not there."""
@@ -293,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only add to --json the saved predictions' per-photo and top-5 scores against the unseen photos' tags",
     )
+    parser.add_argument(
+        "--done-when",
+        action="store_true",
+        help="only run the issue's commands exactly (default import, `train --method refine` with no settings, "
+        "predict) and add the row to --json as 'done_when'",
+    )
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "mirflickr_heldout.json")
     args = parser.parse_args(argv)
     if (folders := source_and_work(args.data, args.work, "mirflickr-heldout-")) is None:
@@ -315,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(args.json.read_text())
         result["against_user_tags"] = user_tag_metrics(work, ds, src, numbers, paths, result["held_out"])
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    if args.done_when:
+        result = json.loads(args.json.read_text()) if args.json.exists() else {}
+        result["done_when"] = done_when_row(work, ds_dir, paths, truth, labels, quiet, import_command)
+        write_json(args.json, result)
         return 0
     if args.rescore:
         result = json.loads(args.json.read_text())

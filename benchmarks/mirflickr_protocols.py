@@ -148,6 +148,7 @@ def print_row(name: str, row: dict) -> None:
 def run_drel(args, src: Path, work: Path, result: dict) -> None:
     ds_dir = work / "DS"
     argv_import = ["import", "mirflickr", str(src), str(ds_dir), "--max-images", str(args.train_images)]
+    argv_import += ["--no-parents"]  # DR-EL's targets are the users' own tags, as the table was measured
     ds, paths, truth, keep = prepare(args, src, ds_dir, argv_import, "default", result)
     tags = list(ds.vocab.tags_)
     chosen_rows = [row for row in DREL_ROWS if not args.only or row[0] in args.only]
@@ -200,7 +201,7 @@ def prepare(args, src: Path, ds_dir: Path, argv_import: list[str], clean: str, r
     ds = Dataset.load(ds_dir)
     numbers = range(args.train_images + 1, args.last_image + 1)
     paths = [str(src / "mirflickr" / f"im{n}.jpg") for n in numbers]
-    truth = user_tag_truth(src, numbers, ds.vocab, clean)
+    truth = user_tag_truth(src, numbers, ds.vocab, clean, parents="--no-parents" not in argv_import)
     keep = truth.any(axis=1)
     result["import_command"] = "phototag " + " ".join(argv_import)
     result["vocabulary"] = len(ds.vocab)

@@ -60,7 +60,7 @@ def load(args):
     from phototag.features import FeatureStore
 
     src = args.data / "mirflickr25k"
-    dataset = import_mirflickr(src, max_images=args.images)
+    dataset = import_mirflickr(src, max_images=args.images, parents=False)  # the paper's preprocessing exactly
     records = dataset.records
     vocab = TagVocabulary(min_count=max(1, math.ceil(0.001 * len(records)))).fit(r.tags for r in records)
     g = vocab.transform(r.tags for r in records)

@@ -61,10 +61,23 @@ def test_refinement_paper_tags():
         "clouds",
     ]
     assert refinement_paper_tags(["nikond80"], lexicon=False) == ["nikond80"]
+    # Parent words follow the tags; a parent named like a label is kept under the label's name.
+    assert refinement_paper_tags(["Girls", "nikond80"], parents=True) == ["girl", "woman", "adult", "female"]
+    assert refinement_paper_tags(["cumulus"], parents=True, aliases={"cloud": "clouds"}) == ["cumulus", "clouds"]
+
+
+def test_parent_words_table():
+    from phototag.vocab import PARENT_WORDS_FILE, parent_words, with_parent_words
+
+    assert PARENT_WORDS_FILE.stat().st_size < 400_000  # ships in the wheel
+    assert parent_words("man") == ("adult", "male") and parent_words("boy") == ("male",)
+    assert parent_words("puppy") == ("dog", "pup", "canine")
+    assert parent_words("sunset") == parent_words("") == ()  # not a physical thing / not a word
+    assert with_parent_words(["boy", "man", "boy"]) == ["boy", "man", "male", "adult"]
 
 
 def test_photo_layout_user_tag_targets(mirflickr_copy, tmp_path):
-    dataset = run_importer("mirflickr", mirflickr_copy, tmp_path / "ds")
+    dataset = run_importer("mirflickr", mirflickr_copy, tmp_path / "ds", options={"parents": False})
     assert len(dataset) == N_PHOTOS and dataset.has_images()
     first = next(r for r in dataset.records if r.id == "im1")
     assert first.file == "mirflickr/im1.jpg" and (mirflickr_copy / first.file).is_file()
@@ -80,6 +93,18 @@ def test_photo_layout_user_tag_targets(mirflickr_copy, tmp_path):
     assert dataset.info["label_names"] == {"labels": ["clouds", "dog", "sky"], "labels-r1": ["baby", "clouds", "dog"]}
     saved = Dataset.load(tmp_path / "ds")
     assert saved.records[0].meta == dataset.records[0].meta
+
+
+def test_parent_words_are_added_by_default(mirflickr_copy, tmp_path, capsys):
+    assert main(["import", "mirflickr", str(mirflickr_copy), str(tmp_path / "ds"), "--min-count", "1"]) == 0
+    dataset = Dataset.load(tmp_path / "ds")
+    four = next(r for r in dataset.records if r.id == "im4")
+    assert four.tags == ["dog", "puppy", "canon", "canine", "carnivore", "animal", "pup"]
+    assert {"canine", "animal"} <= set(dataset.vocab.tags_) and "parent words" in dataset.info["preprocessing"]
+    assert main(["import", "mirflickr", str(mirflickr_copy), str(tmp_path / "ds2"), "--no-parents"]) == 0
+    assert "animal" not in Dataset.load(tmp_path / "ds2").vocab
+    assert main(["import", "csv", str(tmp_path / "x.csv"), str(tmp_path / "ds3"), "--parents"]) == 2
+    assert "--parents apply to 'phototag import mirflickr' only" in capsys.readouterr().err
 
 
 def test_min_fraction_drops_rare_tags(mirflickr_copy, tmp_path):

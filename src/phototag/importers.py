@@ -351,19 +351,23 @@ def read_label_lists(folder: Path) -> dict[str, dict[str, set[int]]]:
 
 
 def refinement_paper_tags(
-    tags: Sequence[str], *, aliases: dict[str, str] | None = None, lexicon: bool = True
+    tags: Sequence[str], *, aliases: dict[str, str] | None = None, lexicon: bool = True, parents: bool = False
 ) -> list[str]:
     """User tags as the refinement paper prepared them: lemmatised, kept only if an English word.
 
     The lexicon is simplemma's English dictionary (offline, ships with the package; the paper used WordNet, which
     has no offline copy on PyPI). ``aliases`` maps a lemma to the name it is kept under (the importer maps
-    ``cloud`` to the label name ``clouds``, so a label is scored by the tag of the same name).
+    ``cloud`` to the label name ``clouds``, so a label is scored by the tag of the same name). With ``parents``,
+    each kept tag's parent words from WordNet follow (:func:`~phototag.vocab.with_parent_words`: girl → woman,
+    adult, female), which the paper did not do.
 
     Example:
         >>> refinement_paper_tags(["Dogs", "nikond80", "clouds", "2007"], aliases={"cloud": "clouds"})
         ['dog', 'clouds']
+        >>> refinement_paper_tags(["Girls", "dog"], parents=True)
+        ['girl', 'dog', 'woman', 'adult', 'female', 'canine', 'carnivore', 'animal']
     """
-    from .vocab import is_english_word
+    from .vocab import is_english_word, with_parent_words
 
     out: list[str] = []
     for raw in tags:
@@ -373,6 +377,8 @@ def refinement_paper_tags(
         lemma = (aliases or {}).get(lemma, lemma)
         if lemma not in out:
             out.append(lemma)
+    if parents:
+        out = list(dict.fromkeys((aliases or {}).get(tag, tag) for tag in with_parent_words(out)))
     return out
 
 
@@ -386,6 +392,7 @@ def import_mirflickr(
     min_fraction: float = 0.001,
     max_images: int | None = None,
     clean: str = "default",
+    parents: bool = True,
 ) -> Dataset:
     """MIRFLICKR-25K: the photo layout (images, user tags, label lists) or the tag-matrix files.
 
@@ -394,8 +401,9 @@ def import_mirflickr(
     ``user_tags`` and both label lists in ``meta`` (``labels``, ``labels_r1``: the names; ``image_number``), so
     any model can be scored on them (``phototag evaluate --against labels-r1``). Targets (``targets``):
 
-    - ``"user-tags"`` (default): the refinement paper's preprocessing (:func:`refinement_paper_tags`), and the
-      vocabulary keeps tags on at least ``min_fraction`` of the training photos (0.1 %);
+    - ``"user-tags"`` (default): the refinement paper's preprocessing (:func:`refinement_paper_tags`), then (with
+      ``parents``, the default) each tag's parent words from WordNet (girl → woman, adult, female; dog → canine,
+      animal), and the vocabulary keeps tags on at least ``min_fraction`` of the training photos (0.1 %);
     - ``"labels"``: the 24 potential labels; ``"labels-r1"``: the 14 relevant labels.
 
     With ``clean="paper-cnn"`` (``phototag import mirflickr --clean paper-cnn``) user-tag targets are the raw tags,
@@ -413,6 +421,8 @@ def import_mirflickr(
         min_fraction: Vocabulary threshold for ``"user-tags"`` targets, as a fraction of training photos.
         max_images: Import only the photos with the lowest numbers (a quick subset).
         clean: ``"default"`` or ``"paper-cnn"`` (see above).
+        parents: Add each user tag's parent words (``"user-tags"`` targets with ``clean="default"`` only; ``False``
+            = the refinement paper's preprocessing exactly).
     """
     if clean not in ("default", "paper-cnn"):
         raise ValueError(f"clean must be 'default' or 'paper-cnn'. Got {clean!r} instead.")
@@ -457,7 +467,7 @@ def import_mirflickr(
         if targets == "user-tags" and clean == "paper-cnn":
             tags = list(dict.fromkeys(t for t in (normalize_tag(raw) for raw in user_tags) if t))
         elif targets == "user-tags":
-            tags = refinement_paper_tags(user_tags, aliases=aliases)
+            tags = refinement_paper_tags(user_tags, aliases=aliases, parents=parents)
         else:
             tags = list(meta[LABEL_KINDS[targets]])
         records.append(
@@ -482,7 +492,9 @@ def import_mirflickr(
     if targets == "user-tags" and clean == "paper-cnn":
         info["preprocessing"] = "VGG16-tagger paper: raw tags normalised; no digit or camera brand, > 100 photos"
     elif targets == "user-tags":
-        info["preprocessing"] = "refinement paper: lemmatised, English lexicon (simplemma), >= 0.1% of photos"
+        info["preprocessing"] = "refinement paper: lemmatised, English lexicon (simplemma), >= 0.1% of photos" + (
+            "; each tag's parent words from WordNet added" if parents else ""
+        )
         info["vocabulary_defaults"] = {"min_count": max(1, math.ceil(min_fraction * n_train))}
     return Dataset(records, name="mirflickr25k", image_root=src, info=info)
 

@@ -109,6 +109,51 @@ def is_english_word(word: str, language: str = "en") -> bool:
     return bool(word) and simplemma.is_known(word, lang=language)
 
 
+PARENT_WORDS_FILE = Path(__file__).parent / "data" / "parent_words.tsv.gz"
+
+
+@lru_cache(maxsize=1)
+def _parent_table() -> dict[str, tuple[str, ...]]:
+    import gzip
+
+    table: dict[str, tuple[str, ...]] = {}
+    with gzip.open(PARENT_WORDS_FILE, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            word, _, parents = line.rstrip("\n").partition("\t")
+            table[word] = tuple(parents.split())
+    return table
+
+
+def parent_words(word: str) -> tuple[str, ...]:
+    """The words one and two steps above ``word`` in WordNet 3.0's noun hierarchy (its most common sense, physical
+    things only; the table is built by ``scripts/build_parent_words.py``); ``()`` for an unknown word.
+
+    Example:
+        >>> parent_words("girl"), parent_words("dog"), parent_words("nikond80")
+        (('woman', 'adult', 'female'), ('canine', 'carnivore', 'animal'), ())
+    """
+    return _parent_table().get(word, ())
+
+
+def with_parent_words(tags: Sequence[str]) -> list[str]:
+    """``tags`` followed by their parent words (:func:`parent_words`) not already there, in order.
+
+    Example:
+        >>> with_parent_words(["girl", "beach", "woman"])
+        ['girl', 'beach', 'woman', 'adult', 'female']
+    """
+    out = list(dict.fromkeys(tags))
+    seen = set(out)
+    for tag in list(out):
+        for parent in parent_words(tag):
+            if parent not in seen:
+                seen.add(parent)
+                out.append(parent)
+    return out
+
+
 _DIGIT = re.compile(r"\d")
 
 

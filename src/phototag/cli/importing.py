@@ -21,7 +21,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         # The VGG16-tagger paper: no tag with a digit, no camera brand inside a tag, only tags on > 100 photos.
         settings.update(drop_with_digits=True, camera_substrings=True)
         settings["min_count"] = settings["min_count"] or 101
-    options = {"targets": args.targets, "layout": args.layout, "max_images": args.max_images}
+    options = {"targets": args.targets, "layout": args.layout, "max_images": args.max_images, "parents": args.parents}
     if args.kind != "mirflickr":
         given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None]
         if given:
@@ -77,4 +77,11 @@ def register(subparsers) -> None:
         "photos when there)",
     )
     p.add_argument("--max-images", type=int, default=None, help="mirflickr: import only the first N photos")
+    p.add_argument(
+        "--parents",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mirflickr: add each user tag's parent words from WordNet, so a photo tagged girl also counts as woman "
+        "and female (default on; --no-parents keeps the refinement paper's preprocessing exactly)",
+    )
     p.set_defaults(func=cmd_import)
