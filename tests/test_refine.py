@@ -149,6 +149,21 @@ def test_refine_learns_from_noisy_tags_and_records_history():
     assert all(np.isfinite(h["loss"]) for h in method.history_ if h["stage"] == "refine")
 
 
+def test_refine_weighs_the_user_error_like_phi0():
+    """L_err counts a user's tag pos_weight times (weighted_err); with weighted_err off it is the paper's plain norm."""
+    x, truth = clustered_features(n=120, n_tags=4, dim=16, seed=1)
+    noisy = simulate_user_noise(truth, drop_rate=0.3, add_rate=0.3, seed=1)
+    base = {"knowledge": "none", "n_candidates": 20, "hidden": 32, "phi0_epochs": 5, "epochs": 1, "pos_weight": 5.0}
+    errs = {}
+    for weighted in (True, False):
+        config = {**base, "weighted_err": weighted}
+        method, _ = refine_scores("refine", {"features": x}, noisy, list("abcd"), config=config, progress=False)
+        errs[weighted] = method.history_[-1]["err"]
+    # Same φ0 and the same batches: the weighted term adds 4 x the error on the user's own tags.
+    assert errs[True] > errs[False] > 0
+    assert create_method("refine").config.pos_weight == 5.0 and create_method("refine").config.weighted_err
+
+
 def test_refine_rejects_bad_settings():
     with pytest.raises(ValueError, match="knowledge must be one of"):
         create_method("refine", knowledge="cyc").fit({"features": np.ones((4, 2))}, np.eye(4, 3), tag_names=NAMES)

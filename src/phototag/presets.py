@@ -41,6 +41,8 @@ _PRESETS: dict[str, dict[str, Preset]] = {
                 "n_neighbors": 8,
                 "reselect": "iteration",
                 "vis_normalize": True,
+                "pos_weight": 1.0,
+                "weighted_err": False,
             },
             "Zhang, Wu, Zhang, Shen, Lu, 'Kill two birds with one stone', AAAI 2018: SGD 1e-3 for 30 epochs (/10 every"
             " 10), s = 64 anchors x m = 8 neighbours re-chosen every iteration; frozen Lite0 features, not VGG-16",

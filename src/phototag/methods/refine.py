@@ -18,7 +18,8 @@ One network φ is learned from noisy user tags ``G`` (the ``targets`` given to :
      ``dist`` = normalised Google distance of the tags' co-occurrence in ``G`` + α · knowledge distance (1 − cosine
      of the tags' text embeddings, :func:`phototag.text.embed_tags`; WordNet path distance when nltk's WordNet is
      installed and ``knowledge="wordnet"``), Q = diag(ξ 1);
-   - ``L_err`` (user-error sparsity): ``‖G_i − P_i‖₁``.
+   - ``L_err`` (user-error sparsity): ``‖G_i − P_i‖₁``, a user's tag weighted ``pos_weight`` times as in φ0's loss
+     (``weighted_err``; the paper's plain norm when ``pos_weight`` is 1 or ``weighted_err`` is off).
 
    Each term is averaged over the batch's anchors (``L_vis``) or images (``L_sem``, ``L_err``); with
    ``vis_normalize=True`` ``L_vis`` is averaged over the s·m anchor–neighbour pairs instead (the paper's 1/(s·m)).
@@ -53,7 +54,7 @@ class RefineConfig:
     hidden: int = 512  # width of φ's hidden layer: the network feature used for neighbours and γ
     dropout: float = 0.5  # dropout after the hidden layer
     phi0_epochs: int = 20  # epochs of the logistic-loss warm start φ0 on the noisy tags
-    pos_weight: float = 1.0  # BCE weight of positives in φ0 (1 = plain logistic loss)
+    pos_weight: float = 5.0  # BCE weight of positives in φ0 (1: the paper's plain logistic loss; see docs/refine.md)
     epochs: int = 3  # epochs of Algorithm 1 (0 = φ0 only)
     n_candidates: int = 512  # M: candidate neighbours per image from φ0's features (capped by n_images − 1)
     n_neighbors: int = 8  # m: neighbours per anchor, re-chosen among the candidates every epoch
@@ -61,6 +62,7 @@ class RefineConfig:
     lambda_vis: float = 1.0  # weight of L_vis (0 switches visual consistency off, for ablations)
     lambda_sem: float = 10.0  # λ1: weight of L_sem
     lambda_err: float = 1.0  # λ2: weight of L_err
+    weighted_err: bool = True  # L_err weighs a user's tag pos_weight times, as φ0's loss does (False: plain ‖G − P‖₁)
     alpha: float = 1.0  # weight of the knowledge-based distance in the tag distance
     knowledge: str = "text"  # knowledge base for tag distances: "text" (MiniLM embeddings), "wordnet", "none"
     lr: float = 1e-3  # Adam learning rate of φ0
@@ -234,7 +236,11 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
             if cfg.vis_normalize:
                 vis = vis / m
             sem = ((p @ laplacian) * p).sum(1).mean() / n_tags**2
-            err = (gt[idx] - p).abs().sum(1).mean()
+            g_batch = gt[idx]
+            err = (g_batch - p).abs()
+            if cfg.weighted_err and cfg.pos_weight != 1:
+                err = err * (1 + (cfg.pos_weight - 1) * g_batch)
+            err = err.sum(1).mean()
             loss = cfg.lambda_vis * vis + cfg.lambda_sem * sem + cfg.lambda_err * err
             optimizer.zero_grad()
             loss.backward()
