@@ -53,11 +53,11 @@ BACKBONE = "efficientnet_lite0"
 REFINE_BASE = {"hidden": 512, "n_candidates": 256}
 REFINE_CANDIDATES = {
     "φ0 only (epochs 0)": {"epochs": 0},
-    "defaults (λ1 10, λ2 1, α 1)": {},
-    "λ1 10, λ2 1, α 0": {"alpha": 0.0},
-    "λ1 1, λ2 0.1, α 0": {"lambda_sem": 1.0, "lambda_err": 0.1, "alpha": 0.0},
+    "defaults (λ1 10, λ2 1, α 1, L_err weighted)": {},
+    "the paper's plain L_err": {"weighted_err": False},
+    "λ_vis 0.1, λ1 1, λ2 10": {"lambda_vis": 0.1, "lambda_sem": 1.0, "lambda_err": 10.0},
 }
-PHI0_CANDIDATES = {"φ0, pos_weight 1": {}, "φ0, pos_weight 5": {"pos_weight": 5.0}}
+PHI0_CANDIDATES = {"φ0, pos_weight 1": {"pos_weight": 1.0}, "φ0, pos_weight 5 (default)": {}}
 KNN_CANDIDATES = {"k 200, T 0.02": {"k": 200}, "k 200, T 0.1": {"k": 200, "temperature": 0.1}}
 LOGISTIC_C = [0.01, 0.1]
 PAPER = {"full model": 0.591, "Multi-CNN (φ0)": 0.556, "TagProp": 0.518, "KNN": 0.499, "RandomGuess": 0.072}
