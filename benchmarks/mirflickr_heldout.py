@@ -265,32 +265,26 @@ def user_tag_metrics(work: Path, ds: Dataset, src: Path, numbers: range, paths: 
     return out
 
 
-def done_when_row(work: Path, ds_dir: Path, paths: list[str], truth, labels, quiet, import_command) -> dict:
-    """The issue's own commands on the unseen photos: ``refine`` with every default, top 500 tags, mAP over the 14."""
-    model_dir = work / "model-refine-defaults"
-    argv_train = ["train", str(ds_dir), "--method", "refine", "--out", str(model_dir), *quiet]
+def train_and_score(work: Path, ds_dir: Path, method: str, config: dict, name: str, paths, truth, labels, quiet):
+    """``phototag train DS --method METHOD [--set ...]``, then ``predict`` on the unseen ``paths`` (top 500, JSON
+    lines), scored on the 14 labels: ``(metrics, commands, train seconds, predict seconds)``."""
+    model_dir = work / f"model-{name}"
     start = time.perf_counter()
+    argv_train = ["train", str(ds_dir), "--method", method, *set_flags(config), "--out", str(model_dir), *quiet]
     run_cli(argv_train)
     train_s = time.perf_counter() - start
-    out_file = work / "model-refine-defaults.jsonl"
-    argv_predict = ["predict", str(model_dir), *paths, "--top-k", "500", "--format", "jsonl", "--rules", "none",
-                    *quiet, "--output", str(out_file)]  # fmt: skip
+    out_file = work / f"{model_dir.name}.jsonl"
+    argv_predict = ["predict", str(model_dir), *paths, "--top-k", "500", "--format", "jsonl",
+                    "--rules", "none", *quiet, "--output", str(out_file)]  # fmt: skip
     start = time.perf_counter()
     run_cli(argv_predict)
     predict_s = time.perf_counter() - start
     row = evaluate_labels(truth, held_out_scores(out_file, paths, labels), labels)
-    print_row("held out: refine, every default (the done-when commands)", row)
-    return {
-        **row,
-        "commands": [
-            import_command or f"phototag import mirflickr SRC {ds_dir} (made earlier in --work)",
-            "phototag " + " ".join(argv_train),
-            f"phototag predict MODEL ({len(paths)} photos) " + " ".join(argv_predict[-8:]),
-        ],
-        "n_tags": len(Dataset.load(ds_dir).vocab),
-        "train_seconds": round(train_s, 1),
-        "predict_seconds": round(predict_s, 1),
-    }
+    commands = [
+        "phototag " + " ".join(argv_train),
+        f"phototag predict MODEL ({len(paths)} photos) " + " ".join(argv_predict[-8:]),
+    ]
+    return row, commands, round(train_s, 1), round(predict_s, 1)
 
 
 def source_and_work(data: Path, work: Path | None, prefix: str) -> tuple[Path, Path] | None:
@@ -354,7 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.done_when:
         result = json.loads(args.json.read_text()) if args.json.exists() else {}
-        result["done_when"] = done_when_row(work, ds_dir, paths, truth, labels, quiet, import_command)
+        # The issue's own commands: `refine` with every default, top 500 tags, mAP over the 14.
+        row, commands, train_s, predict_s = train_and_score(
+            work, ds_dir, "refine", {}, "refine-defaults", paths, truth, labels, quiet
+        )
+        print_row("held out: refine, every default (the done-when commands)", row)
+        import_line = import_command or f"phototag import mirflickr SRC {ds_dir} (made earlier in --work)"
+        result["done_when"] = {**row, "commands": [import_line, *commands], "n_tags": len(ds.vocab),
+                               "train_seconds": train_s, "predict_seconds": predict_s}  # fmt: skip
         write_json(args.json, result)
         return 0
     if args.rescore:
@@ -396,26 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows: dict = {}
     for row_name, (picked, config) in chosen.items():
-        method = row_name.split()[0]
-        model_dir = work / f"model-{model_dir_name(row_name)}"
-        start = time.perf_counter()
-        argv_train = ["train", str(ds_dir), "--method", method, *set_flags(config), "--out", str(model_dir), *quiet]
-        run_cli(argv_train)
-        train_s = time.perf_counter() - start
-        out_file = work / f"{model_dir.name}.jsonl"
-        argv_predict = ["predict", str(model_dir), *paths, "--top-k", "500", "--format", "jsonl",
-                        "--rules", "none", *quiet, "--output", str(out_file)]  # fmt: skip
-        start = time.perf_counter()
-        run_cli(argv_predict)
-        predict_s = time.perf_counter() - start
-        scores = held_out_scores(out_file, paths, labels)
-        row = evaluate_labels(truth, scores, labels)
-        commands = [
-            "phototag " + " ".join(argv_train),
-            f"phototag predict MODEL ({len(paths)} photos) " + " ".join(argv_predict[-8:]),
-        ]
+        method, name = row_name.split()[0], model_dir_name(row_name)
+        row, commands, train_s, predict_s = train_and_score(work, ds_dir, method, config, name, paths, truth, labels,
+                                                            quiet)  # fmt: skip
         rows[row_name] = {**row, "chosen_on_validation": picked, "config": config, "commands": commands,
-                          "train_seconds": round(train_s, 1), "predict_seconds": round(predict_s, 1)}  # fmt: skip
+                          "train_seconds": train_s, "predict_seconds": predict_s}  # fmt: skip
         print_row(f"held out: {row_name} [{picked}]", row)
         result["held_out"] = rows
         args.json.write_text(json.dumps(result, indent=2) + "\n")

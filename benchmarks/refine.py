@@ -217,10 +217,11 @@ def main(argv: list[str] | None = None) -> int:
                 },
             }
             rows += corel5k(args, baselines=[], ablation=ablation)
-    if not args.skip_corel5k and not args.positive_weighting:
-        rows += corel5k(args)
-    if not args.skip_mirflickr and not args.positive_weighting:
-        rows += mirflickr(args)
+    else:
+        if not args.skip_corel5k:
+            rows += corel5k(args)
+        if not args.skip_mirflickr:
+            rows += mirflickr(args)
     result = {
         "command": " ".join(["python", "benchmarks/refine.py", *(argv if argv is not None else sys.argv[1:])]),
         "settings": {
