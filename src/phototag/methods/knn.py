@@ -63,9 +63,12 @@ class KNNTagger(TaggingMethod):
         return self
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        from scipy import sparse
+
         queries = _normalize(np.asarray(inputs["features"], dtype=np.float32))
         bank = self.train_features_.astype(np.float32)
-        labels = self.train_targets_.astype(np.float32)
+        # Sparse tags and a sparse (queries x bank) weight matrix: memory grows with k, not with k x n_tags.
+        labels = sparse.csr_matrix(self.train_targets_, dtype=np.float32)
         k = min(self.config.k, len(bank))
         out = np.empty((len(queries), self.n_tags_), dtype=np.float32)
         for start in range(0, len(queries), self.config.chunk_size):
@@ -74,7 +77,9 @@ class KNNTagger(TaggingMethod):
             top = np.take_along_axis(sims, idx, axis=1) / self.config.temperature
             weights = np.exp(top - top.max(axis=1, keepdims=True))
             weights /= weights.sum(axis=1, keepdims=True)
-            out[start : start + len(sims)] = np.einsum("qk,qkt->qt", weights, labels[idx])
+            rows = np.repeat(np.arange(len(sims)), k)
+            vote = sparse.csr_matrix((weights.ravel(), (rows, idx.ravel())), shape=(len(sims), len(bank)))
+            out[start : start + len(sims)] = (vote @ labels).toarray()
         if self.config.prior_power:
             prior = np.maximum(self.tag_prior_, 1.0 / len(bank))
             out = np.clip(out * (prior.mean() / prior) ** self.config.prior_power, 0.0, 1.0)
