@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phototag.calibration import per_tag_thresholds
+from phototag.calibration import global_threshold, per_tag_thresholds
 from phototag.cli import main
 from phototag.data import Dataset
 from phototag.methods import create_method
@@ -72,6 +72,23 @@ def test_per_tag_thresholds_match_a_brute_force_search():
 
         best = max(f1(t) for t in scores[:, j])
         assert f1(thresholds[j]) == pytest.approx(best)
+
+
+def test_global_threshold_matches_a_brute_force_search():
+    rng = np.random.default_rng(1)
+    y = (rng.random((60, 8)) < 0.25).astype(int)
+    scores = np.clip(y * 0.1 + rng.random((60, 8)) * 0.2, 0, 1)  # scores well below the seeds' 0.3
+
+    def mean_f1(t):
+        return per_image_prf(y, threshold_mask(scores, t, 3))["f1"].mean()
+
+    grid = np.round(np.arange(1, 51) / 100, 2)
+    chosen = global_threshold(y, scores, max_tags=3)
+    assert mean_f1(chosen) == pytest.approx(max(mean_f1(t) for t in grid))
+    assert chosen < 0.3 and mean_f1(chosen) > mean_f1(0.3)
+    assert global_threshold(y, scores, max_tags=3, candidates=[0.3]) == 0.3
+    with pytest.raises(ValueError, match="same 2-d shape"):
+        global_threshold(y, scores[:, :3])
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from phototag.data import Dataset
 from phototag.methods import create_method
 from phototag.methods.refine import google_distance, nearest_candidates, tag_laplacian, tag_similarity
 from phototag.methods.refine_baselines import rpca_inexact_alm
-from phototag.metrics import mean_average_precision
+from phototag.metrics import mean_average_precision, per_image_prf, threshold_mask
 from phototag.refinement import refine_dataset, refine_scores, simulate_user_noise, tag_context_features
 
 NAMES = ["a", "b", "c"]
@@ -164,6 +164,37 @@ def test_refine_weighs_the_user_error_like_phi0():
     assert create_method("refine").config.pos_weight == 5.0 and create_method("refine").config.weighted_err
 
 
+def test_refine_blends_the_neighbour_vote_into_new_photos_scores(tmp_path):
+    """New photos: (1 − w)·φ + w·(the knn vote of the training photos' user tags); the training photos' refined
+    scores stay φ's; the vote is saved with the model; vote_weight 0 (the paper) scores with φ alone."""
+    from phototag.model import TagModel
+    from phototag.model_checks import declared_shapes
+    from phototag.vocab import TagVocabulary
+
+    x, truth = clustered_features(n=150, n_tags=4, dim=16, seed=2)
+    noisy = simulate_user_noise(truth, drop_rate=0.3, add_rate=0.3, seed=2)
+    new, _ = clustered_features(n=30, n_tags=4, dim=16, seed=3)
+    base = {"knowledge": "none", "n_candidates": 20, "hidden": 32, "phi0_epochs": 5, "epochs": 1, "vote_k": 10}
+    method = create_method("refine", base).fit({"features": x}, noisy, tag_names=list("abcd"), progress=False)
+    knn = create_method("knn", k=10, temperature=0.1).fit({"features": x}, noisy)
+    phi, vote = method.phi_scores({"features": new}), knn.score({"features": new})
+    assert not np.allclose(phi, vote)
+    np.testing.assert_allclose(method.score({"features": new}), 0.2 * phi + 0.8 * vote, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(method.refined_scores_, method.phi_scores({"features": x}), rtol=1e-6)
+    TagModel(method, TagVocabulary().fit([list("abcd")])).save(tmp_path / "model")
+    loaded = TagModel.load(tmp_path / "model").method
+    shapes = declared_shapes("refine", method.config_dict(), method.get_state()[1], "")
+    assert shapes["vote/train_targets"] == (None, 4)  # the weight checks on loading know the vote's arrays
+    np.testing.assert_array_equal(loaded.score({"features": new}), method.score({"features": new}))
+    paper = create_method("refine", {**base, "vote_weight": 0.0})
+    paper.fit({"features": x}, noisy, tag_names=list("abcd"), progress=False)
+    np.testing.assert_array_equal(paper.score({"features": new}), paper.phi_scores({"features": new}))
+    arrays, meta = paper.get_state()
+    assert "vote" not in meta and not any(k.startswith("vote/") for k in arrays)
+    with pytest.raises(ValueError, match="vote_weight must be between 0 and 1"):
+        create_method("refine", vote_weight=1.5).fit({"features": x}, noisy, tag_names=list("abcd"))
+
+
 def test_refine_rejects_bad_settings():
     with pytest.raises(ValueError, match="knowledge must be one of"):
         create_method("refine", knowledge="cyc").fit({"features": np.ones((4, 2))}, np.eye(4, 3), tag_names=NAMES)
@@ -190,6 +221,28 @@ def test_refine_dataset_keeps_every_record_and_tag(synthetic_dataset, feature_ca
         assert sorted(after.tags) == sorted(info["kept"] + info["added"] + info["passed_through"])
         assert set(info["scores"]) >= set(info["kept"] + info["removed"])
     assert result.scores.shape == (len(source), len(result.vocab))
+
+
+def test_train_sets_refines_threshold_on_the_validation_images(synthetic_dataset, feature_cache, tmp_path):
+    """refine's blended scores have no common 0.3: `train` picks the global threshold with the best mean per-image
+    F1 on the val photos, saves it with the model and reports the validation metrics under it."""
+    from phototag.calibration import global_threshold
+    from phototag.model import TagModel
+    from phototag.pipeline import train
+
+    config = {"knowledge": "none", "phi0_epochs": 10, "epochs": 1, "n_candidates": 16, "hidden": 64, "vote_k": 20}
+    model = train(
+        synthetic_dataset, method="refine", config=config, cache_dir=feature_cache, out=tmp_path / "m", progress=False
+    )
+    ds = Dataset.load(synthetic_dataset)
+    _, val_records = ds.train_val(val_fraction=0.1, seed=0)
+    scored = model.score_images([ds.image_path(r) for r in val_records], cache_dir=feature_cache)
+    truth = model.vocab.transform([r.tags for r in val_records])
+    assert model.decision.threshold == global_threshold(truth, scored.scores)
+    assert TagModel.load(tmp_path / "m").decision.threshold == model.decision.threshold
+    assert model.info["threshold_chosen_on"].startswith("validation")
+    f1 = per_image_prf(truth, threshold_mask(scored.scores, model.decision.threshold, 15))["f1"].mean()
+    assert model.info["validation"]["image_f1_mean"] == pytest.approx(f1)
 
 
 def test_refine_command_writes_dataset_and_report(synthetic_dataset, feature_cache, tmp_path, capsys):

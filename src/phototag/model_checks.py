@@ -193,7 +193,8 @@ def declared_shapes(method: str, config: Mapping[str, Any], meta: Mapping[str, A
     """The arrays a saved method must hold and their shapes, from its config and ``method_meta``.
 
     Known layouts: ``mlp`` (feature standardisation + two linear layers), ``knn`` (stored training set),
-    ``ensemble`` (its members' arrays under ``member{i}/``, a stacker, balancing offsets). Other methods declare
+    ``ensemble`` (its members' arrays under ``member{i}/``, a stacker, balancing offsets), ``refine``'s neighbour
+    vote (a ``knn`` memory under ``vote/``). Other methods declare
     nothing here (their arrays are only checked for finite values).
     """
     n_tags = _int(meta.get("n_tags"))
@@ -213,6 +214,8 @@ def declared_shapes(method: str, config: Mapping[str, Any], meta: Mapping[str, A
             f"{prefix}train_targets": (None, n_tags),
             f"{prefix}tag_prior": (n_tags,),
         }
+    if method == "refine" and "vote" in meta:  # φ's arrays are checked for finite values only
+        return declared_shapes("knn", {}, meta["vote"], f"{prefix}vote/")
     if method == "ensemble":
         shapes: dict[str, Shape] = {}
         members = meta.get("members") or []

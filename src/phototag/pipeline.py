@@ -184,8 +184,16 @@ def train(
     model = TagModel(tagger, vocab, backbone_spec=spec, decision=DecisionRule(), info=info)
     if val_inputs is not None and len(val_targets):
         val_scores = tagger.score(val_inputs)
+        if tagger.threshold_from_validation:
+            from .calibration import global_threshold
+
+            model.decision.threshold = global_threshold(val_targets, val_scores, max_tags=model.decision.max_tags)
+            model.info["threshold_chosen_on"] = "validation images (mean per-image F1)"
         model.info["validation"] = evaluate_scores(
-            val_targets, val_scores, ranking_scores=model.ranking_scores(val_scores)
+            val_targets,
+            val_scores,
+            threshold=model.decision.threshold,
+            ranking_scores=model.ranking_scores(val_scores),
         )
         if calibrate_thresholds:
             from .calibration import per_tag_thresholds

@@ -43,9 +43,11 @@ _PRESETS: dict[str, dict[str, Preset]] = {
                 "vis_normalize": True,
                 "pos_weight": 1.0,
                 "weighted_err": False,
+                "vote_weight": 0.0,
             },
             "Zhang, Wu, Zhang, Shen, Lu, 'Kill two birds with one stone', AAAI 2018: SGD 1e-3 for 30 epochs (/10 every"
-            " 10), s = 64 anchors x m = 8 neighbours re-chosen every iteration; frozen Lite0 features, not VGG-16",
+            " 10), s = 64 anchors x m = 8 neighbours re-chosen every iteration, new photos scored by the network"
+            " alone; frozen Lite0 features, not VGG-16",
         ),
     },
     "drel": {

@@ -47,6 +47,11 @@ class TaggingMethod(ABC):
     Config: ClassVar[type] = object
     data_keys: ClassVar[tuple[str, ...]] = ("features",)
 
+    #: The method's scores are not on the seeds' 0.3 scale (``refine``'s neighbour vote is a calibrated fraction):
+    #: :func:`phototag.pipeline.train` sets the model's global threshold on the validation images instead
+    #: (:func:`phototag.calibration.global_threshold`).
+    threshold_from_validation: ClassVar[bool] = False
+
     #: Settings older versions saved that are no longer model settings (run options); dropped when loading.
     retired_settings: ClassVar[tuple[str, ...]] = ()
 

@@ -23,6 +23,10 @@ One network φ is learned from noisy user tags ``G`` (the ``targets`` given to :
 
    Each term is averaged over the batch's anchors (``L_vis``) or images (``L_sem``, ``L_err``); with
    ``vis_normalize=True`` ``L_vis`` is averaged over the s·m anchor–neighbour pairs instead (the paper's 1/(s·m)).
+4. New photos: ``(1 − w)·P + w·vote``, the vote of their ``vote_k`` nearest training photos' user tags (``knn``:
+   cosine of the backbone features, softmax weights at ``vote_temperature``), ``w = vote_weight``. The paper scores
+   new photos with φ alone (``vote_weight=0``, ``--preset paper``); the vote was chosen on MIRFLICKR validation
+   (docs/refine.md). ``refined_scores_``, the refinement of the training photos' own tags, stay φ's.
 
 The paper's schedule (``--preset paper``): SGD with momentum, ``refine_lr`` 1e-3 divided by 10 every 10 epochs
 (``lr_step_epochs``), 30 epochs, s = 64, m = 8, re-selection every iteration. The default (Adam 1e-5, 3 epochs,
@@ -41,7 +45,7 @@ import torch
 from torch import nn
 
 from ._training import StandardizedNet
-from .base import RefinesTrainingScores, TaggingMethod, register_method
+from .base import RefinesTrainingScores, TaggingMethod, create_method, register_method
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,9 @@ class RefineConfig:
     reselect: str = "epoch"  # re-choose the m neighbours every "epoch" or every "iteration" (the paper)
     vis_normalize: bool = False  # average L_vis over the s·m anchor–neighbour pairs (paper) instead of the s anchors
     weight_decay: float = 1e-4  # L2 penalty of the optimizers
+    vote_weight: float = 0.8  # share of the neighbour vote in new photos' scores (0 = φ alone, the paper)
+    vote_k: int = 1600  # training photos that vote for a new photo's tags (capped by the number of training photos)
+    vote_temperature: float = 0.1  # softmax temperature of the vote's weights on cosine similarity
     seed: int = 0  # seeds initialisation, dropout and shuffling
 
 
@@ -102,9 +109,13 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
     (φ's outputs on them; not saved). ``history_`` lists the loss terms per epoch.
     """
 
-    description = "learns a tagger from noisy user tags and refines them: visual + semantic + sparse-error losses"
+    description = (
+        "learns a tagger from noisy user tags and refines them: visual + semantic + sparse-error losses;"
+        " new photos also get their nearest training photos' vote"
+    )
     Config = RefineConfig
     data_keys = ("features",)
+    threshold_from_validation = True  # the vote's fractions and φ's weighted probabilities have no common 0.3
 
     def _check_config(self) -> None:
         cfg = self.config
@@ -114,7 +125,11 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
             raise ValueError(f"refine reselect must be one of {RESELECT}. Got {cfg.reselect!r} instead.")
         if cfg.optimizer not in ("adam", "sgd"):
             raise ValueError(f"refine optimizer must be 'adam' or 'sgd'. Got {cfg.optimizer!r} instead.")
-        for name in ("n_candidates", "n_neighbors", "batch_size", "hidden"):
+        if not 0 <= cfg.vote_weight <= 1:
+            raise ValueError(f"refine vote_weight must be between 0 and 1. Got {cfg.vote_weight} instead.")
+        if cfg.vote_temperature <= 0:
+            raise ValueError(f"refine vote_temperature must be > 0. Got {cfg.vote_temperature} instead.")
+        for name in ("n_candidates", "n_neighbors", "batch_size", "hidden", "vote_k"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"The '{name}' parameter of refine must be an int >= 1. Got {getattr(cfg, name)}.")
         for name in ("lambda_vis", "lambda_sem", "lambda_err", "alpha", "phi0_epochs", "epochs"):
@@ -208,8 +223,17 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
                 self.history_.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
         self.head_ = head.eval()
-        self.refined_scores_ = self._score({"features": x})
+        self.refined_scores_ = self.phi_scores({"features": x})
+        self.vote_ = self._fit_vote(x, g)
         return self
+
+    def _fit_vote(self, x: np.ndarray, g: np.ndarray) -> TaggingMethod | None:
+        """The ``knn`` memory of the training photos' user tags that votes for new photos (None when off)."""
+        cfg = self.config
+        if cfg.vote_weight == 0:
+            return None
+        knn = create_method("knn", k=cfg.vote_k, temperature=cfg.vote_temperature)
+        return knn.fit({"features": x}, g, progress=False)
 
     def _epoch(self, head, optimizer, xt, gt, neighbors, sigma, laplacian, generator, live=None) -> dict[str, float]:
         """One pass of Algorithm 1; ``live = (feature table, candidates, m)`` re-chooses neighbours every step."""
@@ -255,22 +279,43 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
                 sums[key] += value.item() * b
         return {key: value / n for key, value in sums.items()}
 
-    def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
+    def phi_scores(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        """φ's tag probabilities ``P`` (no neighbour vote): what the paper annotates new photos with."""
         x = np.asarray(inputs["features"], dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_features_:
             raise ValueError(f"refine expects features of shape (n, {self.n_features_}). Got {x.shape} instead.")
         with torch.no_grad():
             return torch.sigmoid(self.head_(torch.from_numpy(x))[1]).numpy()
 
+    def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        phi = self.phi_scores(inputs)
+        vote = getattr(self, "vote_", None)
+        if vote is None:
+            return phi
+        return blend_vote(phi, vote.score(inputs), self.config.vote_weight)
+
     def get_state(self):
         arrays = {k: v.detach().cpu().numpy() for k, v in self.head_.state_dict().items()}
-        return arrays, {"n_tags": int(self.n_tags_), "n_features": int(self.n_features_)}
+        meta: dict[str, Any] = {"n_tags": int(self.n_tags_), "n_features": int(self.n_features_)}
+        if getattr(self, "vote_", None) is not None:
+            vote_arrays, meta["vote"] = self.vote_.get_state()
+            arrays.update({f"vote/{k}": v for k, v in vote_arrays.items()})
+        return arrays, meta
 
     def set_state(self, arrays, meta):
         self.n_tags_, self.n_features_ = int(meta["n_tags"]), int(meta["n_features"])
         head = _Head(self.n_features_, self.config.hidden, self.n_tags_, self.config.dropout)
-        head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+        head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items() if "/" not in k})
         self.head_ = head.eval()
+        self.vote_ = None
+        if "vote" in meta:
+            self.vote_ = create_method("knn", k=self.config.vote_k, temperature=self.config.vote_temperature)
+            self.vote_.set_state({k[5:]: v for k, v in arrays.items() if k.startswith("vote/")}, meta["vote"])
+
+
+def blend_vote(phi: np.ndarray, vote: np.ndarray, weight: float) -> np.ndarray:
+    """New photos' scores: ``(1 − weight)·φ + weight·vote`` (both in [0, 1])."""
+    return ((1.0 - weight) * phi + weight * vote).astype(np.float32)
 
 
 def _embed(head: _Head, x: torch.Tensor) -> np.ndarray:
