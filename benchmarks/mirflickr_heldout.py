@@ -15,7 +15,8 @@ mAP over the 14. Compared on the same split: φ0 (``refine`` with ``epochs=0``, 
 CLI, like the issue's reference measurement).
 
 Settings are chosen on validation only: the imported dataset's ``val`` split (a seeded tenth of photos 1–16000, the
-photos ``phototag train`` keeps out of training), scored against their labels. The held-out proxy is then run once.
+photos ``phototag train`` keeps out of training), scored against their labels; that includes ``refine``'s neighbour
+vote (k, temperature and weight, a grid blended with the default model's φ). The held-out proxy is then run once.
 A reference row trains the logistic regression on the labels themselves (not the protocol: it shows how far frozen
 features of 128-px photos can go when the targets are clean).
 
@@ -43,6 +44,7 @@ from phototag.features import FeatureStore
 from phototag.importers import read_label_lists
 from phototag.labels import evaluate_labels, label_truth, tag_for_label
 from phototag.methods import create_method
+from phototag.methods.refine import blend_vote
 from report import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,13 +52,16 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 BACKBONE = "efficientnet_lite0"
 
 #: Candidate settings per method, scored on the validation photos; the best by mAP over the 14 labels is kept.
-REFINE_BASE = {"hidden": 512, "n_candidates": 256}
+REFINE_BASE = {"hidden": 512, "n_candidates": 256, "vote_weight": 0.0}
 REFINE_CANDIDATES = {
     "φ0 only (epochs 0)": {"epochs": 0},
     "defaults (λ1 10, λ2 1, α 1, L_err weighted)": {},
     "the paper's plain L_err": {"weighted_err": False},
     "λ_vis 0.1, λ1 1, λ2 10": {"lambda_vis": 0.1, "lambda_sem": 1.0, "lambda_err": 10.0},
 }
+#: The neighbour vote blended into the default refine's scores of new photos: (k, temperature) x weights.
+VOTE_NEIGHBOURS = [(k, t) for k in (200, 400, 800, 1600, 3200) for t in (0.05, 0.1, 0.2)]
+VOTE_WEIGHTS = [0.5, 0.6, 0.7, 0.8, 0.9]
 PHI0_CANDIDATES = {"φ0, pos_weight 1": {"pos_weight": 1.0}, "φ0, pos_weight 5 (default)": {}}
 KNN_CANDIDATES = {"k 200, T 0.02": {"k": 200}, "k 200, T 0.1": {"k": 200, "temperature": 0.1}}
 LOGISTIC_C = [0.01, 0.1]
@@ -129,6 +134,16 @@ def validation(ds: Dataset, args) -> dict:
         out["refine"][f"{best_phi0} + {name}"] = {**row, "config": config,
                                                    "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
         print_row(f"refine {name}", row)
+        if not cfg:  # the defaults: new photos' scores blended with the vote of their nearest training photos
+            phi = tagger.phi_scores({"features": x_val})
+            for k, t in VOTE_NEIGHBOURS:
+                vote = create_method("knn", k=k, temperature=t).fit({"features": x_fit}, g_fit, progress=False)
+                votes = vote.score({"features": x_val})
+                for w in VOTE_WEIGHTS:
+                    vote_cfg = {**config, "vote_weight": w, "vote_k": k, "vote_temperature": t}
+                    row = scored(tags, blend_vote(phi, votes, w), truth_val, labels)
+                    out["refine"][f"{best_phi0} + {name} + vote k {k}, T {t}, w {w}"] = {**row, "config": vote_cfg}
+                    print_row(f"refine {name} + vote k {k} T {t} w {w}", row)
     for name, cfg in KNN_CANDIDATES.items():
         knn = create_method("knn", cfg).fit({"features": x_fit}, g_fit, progress=False)
         out["knn"][name] = {**scored(tags, knn.score({"features": x_val}), truth_val, labels), "config": cfg}
@@ -239,9 +254,11 @@ def user_tag_truth(src: Path, numbers: range, vocab, clean: str = "default", par
 def user_tag_metrics(work: Path, ds: Dataset, src: Path, numbers: range, paths: list[str], rows: dict) -> dict:
     """Each saved model's held-out predictions against the unseen photos' own user tags (the import's preprocessing,
     in the training vocabulary): per photo P/R/F1 at score ≥ 0.3, at most 15 tags (the VGG16-tagger seed's rule),
-    and each photo's 5 best tags, per-tag P/R/F1/N+ (DR-EL's protocol). Photos without a known tag are left out.
+    and at the model's own threshold when it chose another (``refine`` sets its threshold on the val photos), and
+    each photo's 5 best tags, per-tag P/R/F1/N+ (DR-EL's protocol). Photos without a known tag are left out.
     """
     from phototag.metrics import per_image_prf, per_tag_at_k, threshold_mask
+    from phototag.model import TagModel
 
     tags = list(ds.vocab.tags_)
     truth = user_tag_truth(src, numbers, ds.vocab)
@@ -258,6 +275,13 @@ def user_tag_metrics(work: Path, ds: Dataset, src: Path, numbers: range, paths: 
             **{f"image_{k}@0.3": float(v.mean()) for k, v in prf.items()},
             **{f"tag@5_{k}": top5[k] for k in ("mean_precision", "mean_recall", "f1", "n_plus", "n_tags")},
         }
+        own = TagModel.load(work / f"model-{model_dir_name(row_name)}").decision.threshold
+        if own != 0.3:
+            prf_own = per_image_prf(truth[keep], threshold_mask(scores[keep], own, 15))
+            at_own = {f"image_{k}@own": float(v.mean()) for k, v in prf_own.items()}
+            out[row_name].update({"own_threshold": own, **at_own})
+            print(f"  {row_name:<24} per photo at its own threshold {own}: P {at_own['image_precision@own']:.3f} "
+                  f"R {at_own['image_recall@own']:.3f} F1 {at_own['image_f1@own']:.3f}", flush=True)  # fmt: skip
         print(f"  {row_name:<24} per photo @0.3: P {out[row_name]['image_precision@0.3']:.3f} "
               f"R {out[row_name]['image_recall@0.3']:.3f} F1 {out[row_name]['image_f1@0.3']:.3f}   top-5 per tag: "
               f"P {top5['mean_precision']:.3f} R {top5['mean_recall']:.3f} F1 {top5['f1']:.3f} "
@@ -343,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     truth = np.array([[float(n in label_lists[label]) for label in labels] for n in numbers])
     if args.user_tag_metrics:
         result = json.loads(args.json.read_text())
-        result["against_user_tags"] = user_tag_metrics(work, ds, src, numbers, paths, result["held_out"])
+        rows = [*result["held_out"], "refine-defaults"]  # + the --done-when model
+        result["against_user_tags"] = user_tag_metrics(work, ds, src, numbers, paths, rows)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         return 0
     if args.done_when:
