@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import top_k_mask
+from .metrics import per_image_prf, top_k_mask
 
 
 def global_threshold(
@@ -35,8 +35,6 @@ def global_threshold(
         >>> global_threshold(y, s)  # 0.08 keeps exactly the two true tags
         0.08
     """
-    from .metrics import per_image_prf
-
     truth = np.asarray(y_true) > 0
     scores = np.asarray(scores, dtype=np.float64)
     if truth.shape != scores.shape or truth.ndim != 2:
