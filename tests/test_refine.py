@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -223,7 +224,7 @@ def test_refine_dataset_keeps_every_record_and_tag(synthetic_dataset, feature_ca
     assert result.scores.shape == (len(source), len(result.vocab))
 
 
-def test_train_sets_refines_threshold_on_the_validation_images(synthetic_dataset, feature_cache, tmp_path):
+def test_train_sets_refines_threshold_on_the_validation_images(synthetic_dataset, feature_cache, tmp_path, caplog):
     """refine's blended scores have no common 0.3: `train` picks the global threshold with the best mean per-image
     F1 on the val photos, saves it with the model and reports the validation metrics under it."""
     from phototag.calibration import global_threshold
@@ -243,6 +244,13 @@ def test_train_sets_refines_threshold_on_the_validation_images(synthetic_dataset
     assert model.info["threshold_chosen_on"].startswith("validation")
     f1 = per_image_prf(truth, threshold_mask(scored.scores, model.decision.threshold, 15))["f1"].mean()
     assert model.info["validation"]["image_f1_mean"] == pytest.approx(f1)
+    # Without validation images the threshold stays the seeds' 0.3, and train says so.
+    for record in ds.records:
+        record.split = "train" if record.split == "val" else record.split
+    with caplog.at_level(logging.WARNING, logger="phototag.pipeline"):
+        unchosen = train(ds, method="refine", config=config, cache_dir=feature_cache, val_fraction=0.0, progress=False)
+    assert unchosen.decision.threshold == 0.3 and "threshold_chosen_on" not in unchosen.info
+    assert "No validation images to choose the refine model's threshold on" in caplog.text
 
 
 def test_refine_command_writes_dataset_and_report(synthetic_dataset, feature_cache, tmp_path, capsys):
