@@ -258,7 +258,7 @@ def user_tag_metrics(work: Path, ds: Dataset, src: Path, numbers: range, paths: 
     each photo's 5 best tags, per-tag P/R/F1/N+ (DR-EL's protocol). Photos without a known tag are left out.
     """
     from phototag.metrics import per_image_prf, per_tag_at_k, threshold_mask
-    from phototag.model import TagModel
+    from phototag.model import DecisionRule, TagModel
 
     tags = list(ds.vocab.tags_)
     truth = user_tag_truth(src, numbers, ds.vocab)
@@ -276,7 +276,7 @@ def user_tag_metrics(work: Path, ds: Dataset, src: Path, numbers: range, paths: 
             **{f"tag@5_{k}": top5[k] for k in ("mean_precision", "mean_recall", "f1", "n_plus", "n_tags")},
         }
         own = TagModel.load(work / f"model-{model_dir_name(row_name)}").decision.threshold
-        if own != 0.3:
+        if own != DecisionRule.threshold:  # the model chose its own (the seeds' rule is above)
             prf_own = per_image_prf(truth[keep], threshold_mask(scores[keep], own, 15))
             at_own = {f"image_{k}@own": float(v.mean()) for k, v in prf_own.items()}
             out[row_name].update({"own_threshold": own, **at_own})

@@ -210,20 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     if args.positive_weighting:
         for pos_weight, weighted in ((1.0, False), (5.0, True)):
-            ablation = {
-                f"φ0, pos_weight {pos_weight:g}": {"epochs": 0, "pos_weight": pos_weight},
-                f"full, pos_weight {pos_weight:g}{', weighted L_err' if weighted else ''}": {
-                    "pos_weight": pos_weight,
-                    "weighted_err": weighted,
-                },
-            }
+            full_name = f"full, pos_weight {pos_weight:g}{', weighted L_err' if weighted else ''}"
+            full = {"pos_weight": pos_weight, "weighted_err": weighted}
+            ablation = {f"φ0, pos_weight {pos_weight:g}": {"epochs": 0, "pos_weight": pos_weight}, full_name: full}
             if weighted:  # today's default also blends the neighbour vote into new photos' scores
                 vote_weight = create_method("refine").config.vote_weight
-                ablation[f"full, pos_weight 5, weighted L_err, neighbour vote {vote_weight:g} (default)"] = {
-                    "pos_weight": pos_weight,
-                    "weighted_err": weighted,
-                    "vote_weight": vote_weight,
-                }
+                default_name = f"{full_name}, neighbour vote {vote_weight:g} (default)"
+                ablation[default_name] = {**full, "vote_weight": vote_weight}
             rows += corel5k(args, baselines=[], ablation=ablation)
     else:
         if not args.skip_corel5k:

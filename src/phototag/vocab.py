@@ -144,14 +144,10 @@ def with_parent_words(tags: Sequence[str]) -> list[str]:
         >>> with_parent_words(["girl", "beach", "woman"])
         ['girl', 'beach', 'woman', 'adult', 'female']
     """
-    out = list(dict.fromkeys(tags))
-    seen = set(out)
+    out = dict.fromkeys(tags)  # ordered, each word once
     for tag in list(out):
-        for parent in parent_words(tag):
-            if parent not in seen:
-                seen.add(parent)
-                out.append(parent)
-    return out
+        out.update(dict.fromkeys(p for p in parent_words(tag) if p not in out))
+    return list(out)
 
 
 _DIGIT = re.compile(r"\d")

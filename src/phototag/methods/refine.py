@@ -229,11 +229,13 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
 
     def _fit_vote(self, x: np.ndarray, g: np.ndarray) -> TaggingMethod | None:
         """The ``knn`` memory of the training photos' user tags that votes for new photos (None when off)."""
-        cfg = self.config
-        if cfg.vote_weight == 0:
+        if self.config.vote_weight == 0:
             return None
-        knn = create_method("knn", k=cfg.vote_k, temperature=cfg.vote_temperature)
-        return knn.fit({"features": x}, g, progress=False)
+        return self._vote_method().fit({"features": x}, g, progress=False)
+
+    def _vote_method(self) -> TaggingMethod:
+        """An unfitted ``knn`` with the vote's settings."""
+        return create_method("knn", k=self.config.vote_k, temperature=self.config.vote_temperature)
 
     def _epoch(self, head, optimizer, xt, gt, neighbors, sigma, laplacian, generator, live=None) -> dict[str, float]:
         """One pass of Algorithm 1; ``live = (feature table, candidates, m)`` re-chooses neighbours every step."""
@@ -309,7 +311,7 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
         self.head_ = head.eval()
         self.vote_ = None
         if "vote" in meta:
-            self.vote_ = create_method("knn", k=self.config.vote_k, temperature=self.config.vote_temperature)
+            self.vote_ = self._vote_method()
             self.vote_.set_state({k[5:]: v for k, v in arrays.items() if k.startswith("vote/")}, meta["vote"])
 
 
