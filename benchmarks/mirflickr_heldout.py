@@ -240,9 +240,9 @@ def prediction_matrix(file: Path, paths: list[str], tags: list[str]) -> np.ndarr
     return scores
 
 
-def user_tag_truth(src: Path, numbers: range, vocab, clean: str = "default", parents: bool = True) -> np.ndarray:
+def user_tag_truth(src: Path, numbers: range, vocab, clean: str = "default", parents: str = "labels") -> np.ndarray:
     """``(n_photos, n_tags)`` bool: photos ``numbers``' own user tags, prepared as the import prepared the training
-    photos' (``clean``, ``parents``: ``phototag import mirflickr --clean``, ``--[no-]parents``), in the training
+    photos' (``clean``, ``parents``: ``phototag import mirflickr --clean``, ``--parents``), in the training
     vocabulary ``vocab``.
     """
     from phototag.importers import import_mirflickr

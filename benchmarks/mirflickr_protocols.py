@@ -201,7 +201,7 @@ def prepare(args, src: Path, ds_dir: Path, argv_import: list[str], clean: str, r
     ds = Dataset.load(ds_dir)
     numbers = range(args.train_images + 1, args.last_image + 1)
     paths = [str(src / "mirflickr" / f"im{n}.jpg") for n in numbers]
-    truth = user_tag_truth(src, numbers, ds.vocab, clean, parents="--no-parents" not in argv_import)
+    truth = user_tag_truth(src, numbers, ds.vocab, clean, parents="none" if "--no-parents" in argv_import else "labels")
     keep = truth.any(axis=1)
     result["import_command"] = "phototag " + " ".join(argv_import)
     result["vocabulary"] = len(ds.vocab)

@@ -64,6 +64,8 @@ def test_refinement_paper_tags():
     # Parent words follow the tags; a parent named like a label is kept under the label's name.
     assert refinement_paper_tags(["Girls", "nikond80"], parents=True) == ["girl", "woman", "adult", "female"]
     assert refinement_paper_tags(["cumulus"], parents=True, aliases={"cloud": "clouds"}) == ["cumulus", "clouds"]
+    # Only the allowed parents (the importer's default allows the label names): girl -> female, not woman or adult.
+    assert refinement_paper_tags(["Girls", "puppy"], parents={"female", "dog"}) == ["girl", "puppy", "female", "dog"]
 
 
 def test_parent_words_table():
@@ -73,6 +75,7 @@ def test_parent_words_table():
     assert parent_words("man") == ("adult", "male") and parent_words("boy") == ("male",)
     assert parent_words("puppy") == ("dog", "pup", "canine")
     assert parent_words("sunset") == parent_words("") == ()  # not a physical thing / not a word
+    assert parent_words("paris") == parent_words("thames") == ()  # names of single places get no class words
     assert with_parent_words(["boy", "man", "boy"]) == ["boy", "man", "male", "adult"]
 
 
@@ -96,15 +99,23 @@ def test_photo_layout_user_tag_targets(mirflickr_copy, tmp_path):
 
 
 def test_parent_words_are_added_by_default(mirflickr_copy, tmp_path, capsys):
-    assert main(["import", "mirflickr", str(mirflickr_copy), str(tmp_path / "ds"), "--min-count", "1"]) == 0
+    argv = ["import", "mirflickr", str(mirflickr_copy)]
+    assert main([*argv, str(tmp_path / "ds"), "--min-count", "1", "--parents", "all"]) == 0
     dataset = Dataset.load(tmp_path / "ds")
     four = next(r for r in dataset.records if r.id == "im4")
     assert four.tags == ["dog", "puppy", "canon", "canine", "carnivore", "animal", "pup"]
     assert {"canine", "animal"} <= set(dataset.vocab.tags_) and "parent words" in dataset.info["preprocessing"]
-    assert main(["import", "mirflickr", str(mirflickr_copy), str(tmp_path / "ds2"), "--no-parents"]) == 0
+    # The default adds only parents that name a label: puppy -> dog (there already), not canine or animal.
+    assert main([*argv, str(tmp_path / "ds1"), "--min-count", "1"]) == 0
+    default = Dataset.load(tmp_path / "ds1")
+    assert next(r for r in default.records if r.id == "im4").tags == ["dog", "puppy", "canon"]
+    assert "that name a label" in default.info["preprocessing"]
+    assert main([*argv, str(tmp_path / "ds2"), "--no-parents"]) == 0
     assert "animal" not in Dataset.load(tmp_path / "ds2").vocab
-    assert main(["import", "csv", str(tmp_path / "x.csv"), str(tmp_path / "ds3"), "--parents"]) == 2
+    assert main(["import", "csv", str(tmp_path / "x.csv"), str(tmp_path / "ds3"), "--parents", "all"]) == 2
     assert "--parents apply to 'phototag import mirflickr' only" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="parents must be one of labels, all, none"):
+        run_importer("mirflickr", mirflickr_copy, tmp_path / "ds4", options={"parents": "some"})
 
 
 def test_min_fraction_drops_rare_tags(mirflickr_copy, tmp_path):

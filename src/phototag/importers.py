@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +319,8 @@ def import_harrison(src: Path, *, seed: int = 0) -> Dataset:
 # --- MIRFLICKR-25K --------------------------------------------------------------------------------------------------
 #: ``--targets`` choices of the MIRFLICKR importer (photo layout).
 MIRFLICKR_TARGETS = ("user-tags", "labels", "labels-r1")
+#: Which WordNet parent words `import mirflickr` adds to the user tags (see :func:`import_mirflickr`).
+PARENT_CHOICES = ("labels", "all", "none")
 #: Label-list kinds kept in each record's ``meta`` (``phototag evaluate --against``): meta key per kind.
 LABEL_KINDS = {"labels": "labels", "labels-r1": "labels_r1"}
 
@@ -351,7 +353,11 @@ def read_label_lists(folder: Path) -> dict[str, dict[str, set[int]]]:
 
 
 def refinement_paper_tags(
-    tags: Sequence[str], *, aliases: dict[str, str] | None = None, lexicon: bool = True, parents: bool = False
+    tags: Sequence[str],
+    *,
+    aliases: dict[str, str] | None = None,
+    lexicon: bool = True,
+    parents: bool | Collection[str] = False,
 ) -> list[str]:
     """User tags as the refinement paper prepared them: lemmatised, kept only if an English word.
 
@@ -359,13 +365,16 @@ def refinement_paper_tags(
     has no offline copy on PyPI). ``aliases`` maps a lemma to the name it is kept under (the importer maps
     ``cloud`` to the label name ``clouds``, so a label is scored by the tag of the same name). With ``parents``,
     each kept tag's parent words from WordNet follow (:func:`~phototag.vocab.with_parent_words`: girl → woman,
-    adult, female), which the paper did not do.
+    adult, female), which the paper did not do; ``parents`` may also be the collection of parent words allowed (after
+    ``aliases``), so that only those are added.
 
     Example:
         >>> refinement_paper_tags(["Dogs", "nikond80", "clouds", "2007"], aliases={"cloud": "clouds"})
         ['dog', 'clouds']
         >>> refinement_paper_tags(["Girls", "dog"], parents=True)
         ['girl', 'dog', 'woman', 'adult', 'female', 'canine', 'carnivore', 'animal']
+        >>> refinement_paper_tags(["Girls", "dog"], parents={"female", "animals"}, aliases={"animal": "animals"})
+        ['girl', 'dog', 'female', 'animals']
     """
     from .vocab import is_english_word, with_parent_words
 
@@ -378,7 +387,10 @@ def refinement_paper_tags(
         if lemma not in out:
             out.append(lemma)
     if parents:
-        out = list(dict.fromkeys((aliases or {}).get(tag, tag) for tag in with_parent_words(out)))
+        own = len(out)
+        expanded = [(aliases or {}).get(tag, tag) for tag in with_parent_words(out)]
+        allowed = expanded[own:] if parents is True else [tag for tag in expanded[own:] if tag in parents]
+        out = list(dict.fromkeys(expanded[:own] + allowed))
     return out
 
 
@@ -392,7 +404,7 @@ def import_mirflickr(
     min_fraction: float = 0.001,
     max_images: int | None = None,
     clean: str = "default",
-    parents: bool = True,
+    parents: str | bool = "labels",
 ) -> Dataset:
     """MIRFLICKR-25K: the photo layout (images, user tags, label lists) or the tag-matrix files.
 
@@ -401,9 +413,10 @@ def import_mirflickr(
     ``user_tags`` and both label lists in ``meta`` (``labels``, ``labels_r1``: the names; ``image_number``), so
     any model can be scored on them (``phototag evaluate --against labels-r1``). Targets (``targets``):
 
-    - ``"user-tags"`` (default): the refinement paper's preprocessing (:func:`refinement_paper_tags`), then (with
-      ``parents``, the default) each tag's parent words from WordNet (girl → woman, adult, female; dog → canine,
-      animal), and the vocabulary keeps tags on at least ``min_fraction`` of the training photos (0.1 %);
+    - ``"user-tags"`` (default): the refinement paper's preprocessing (:func:`refinement_paper_tags`), then the
+      tags' parent words from WordNet that name one of the 38 labels (``parents="labels"``, the default: girl →
+      female, boy → male, puppy → dog, daisy → flower; ``"all"`` adds every parent word: girl → woman, adult,
+      female), and the vocabulary keeps tags on at least ``min_fraction`` of the training photos (0.1 %);
     - ``"labels"``: the 24 potential labels; ``"labels-r1"``: the 14 relevant labels.
 
     With ``clean="paper-cnn"`` (``phototag import mirflickr --clean paper-cnn``) user-tag targets are the raw tags,
@@ -421,11 +434,15 @@ def import_mirflickr(
         min_fraction: Vocabulary threshold for ``"user-tags"`` targets, as a fraction of training photos.
         max_images: Import only the photos with the lowest numbers (a quick subset).
         clean: ``"default"`` or ``"paper-cnn"`` (see above).
-        parents: Add each user tag's parent words (``"user-tags"`` targets with ``clean="default"`` only; ``False``
-            = the refinement paper's preprocessing exactly).
+        parents: Which parent words of the user tags to add (``"user-tags"`` targets with ``clean="default"``
+            only): ``"labels"`` (those that name a label), ``"all"`` or ``"none"`` (the refinement paper's
+            preprocessing exactly); ``True`` / ``False`` mean ``"all"`` / ``"none"``.
     """
     if clean not in ("default", "paper-cnn"):
         raise ValueError(f"clean must be 'default' or 'paper-cnn'. Got {clean!r} instead.")
+    parents = {True: "all", False: "none"}.get(parents, parents) if isinstance(parents, bool) else parents
+    if parents not in PARENT_CHOICES:
+        raise ValueError(f"parents must be one of {', '.join(PARENT_CHOICES)}. Got {parents!r} instead.")
     if layout not in ("auto", "photos", "matrices"):
         raise ValueError(f"layout must be 'auto', 'photos' or 'matrices'. Got {layout!r} instead.")
     if layout == "matrices" or (layout == "auto" and not (src / "mirflickr").is_dir()):
@@ -450,6 +467,8 @@ def import_mirflickr(
     missing = [str(photo_dir / f"im{n}.jpg") for n in tag_numbers if n not in photos]
     # A label name's lemma (cloud) is kept under the label's own name (clouds), for the same-name protocol.
     aliases = {normalize_tag(name, lemmatize=True): name for names in label_names.values() for name in names}
+    label_words = {name for names in label_names.values() for name in names}
+    allowed_parents = {"labels": label_words, "all": True, "none": False}[parents]
     splits = seeded_split(len(numbers), seed=seed)
     records: list[ImageRecord] = []
     no_tag_file = 0
@@ -467,7 +486,7 @@ def import_mirflickr(
         if targets == "user-tags" and clean == "paper-cnn":
             tags = list(dict.fromkeys(t for t in (normalize_tag(raw) for raw in user_tags) if t))
         elif targets == "user-tags":
-            tags = refinement_paper_tags(user_tags, aliases=aliases, parents=parents)
+            tags = refinement_paper_tags(user_tags, aliases=aliases, parents=allowed_parents)
         else:
             tags = list(meta[LABEL_KINDS[targets]])
         records.append(
@@ -493,8 +512,9 @@ def import_mirflickr(
         info["preprocessing"] = "VGG16-tagger paper: raw tags normalised; no digit or camera brand, > 100 photos"
     elif targets == "user-tags":
         info["preprocessing"] = "refinement paper: lemmatised, English lexicon (simplemma), >= 0.1% of photos" + (
-            "; each tag's parent words from WordNet added" if parents else ""
-        )
+            {"labels": "; each tag's parent words from WordNet that name a label added",
+             "all": "; each tag's parent words from WordNet added", "none": ""}[parents]
+        )  # fmt: skip
         info["vocabulary_defaults"] = {"min_count": max(1, math.ceil(min_fraction * n_train))}
     return Dataset(records, name="mirflickr25k", image_root=src, info=info)
 

@@ -45,7 +45,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from ..importers import list_importers
+    from ..importers import PARENT_CHOICES, list_importers
 
     p = subparsers.add_parser("import", help="convert a raw dataset into a phototag dataset directory")
     p.add_argument("kind", choices=list_importers(), help="the layout of SRC: %(choices)s")
@@ -79,9 +79,13 @@ def register(subparsers) -> None:
     p.add_argument("--max-images", type=int, default=None, help="mirflickr: import only the first N photos")
     p.add_argument(
         "--parents",
-        action=argparse.BooleanOptionalAction,
+        choices=PARENT_CHOICES,
         default=None,
-        help="mirflickr: add each user tag's parent words from WordNet, so a photo tagged girl also counts as woman "
-        "and female (default on; --no-parents keeps the refinement paper's preprocessing exactly)",
+        help="mirflickr: add the user tags' parent words from WordNet: 'labels' (default) those that name a label, so "
+        "a photo tagged girl also counts as female; 'all' every parent (girl -> woman, adult, female); 'none' keeps "
+        "the refinement paper's preprocessing exactly",
+    )
+    p.add_argument(
+        "--no-parents", dest="parents", action="store_const", const="none", help="the same as --parents none"
     )
     p.set_defaults(func=cmd_import)
