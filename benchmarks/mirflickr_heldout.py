@@ -52,7 +52,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 BACKBONE = "efficientnet_lite0"
 
 #: Candidate settings per method, scored on the validation photos; the best by mAP over the 14 labels is kept.
-REFINE_BASE = {"hidden": 512, "n_candidates": 256, "vote_weight": 0.0}
+REFINE_BASE = {"hidden": 512, "n_candidates": 256, "vote_weight": 0.0, "extra_backbones": []}
 REFINE_CANDIDATES = {
     "φ0 only (epochs 0)": {"epochs": 0},
     "defaults (λ1 10, λ2 1, α 1, L_err weighted)": {},

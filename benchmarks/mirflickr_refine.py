@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "pos_weight": 1.0,
         "weighted_err": False,
         "vote_weight": 0.0,
+        "extra_backbones": [],
     }
     logging.basicConfig(level=logging.WARNING)
     if not (args.data / "mirflickr25k" / "mirflickr").is_dir():

@@ -48,7 +48,14 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 #: refine settings shared by every row (smaller than the defaults so the CPU run stays short; recorded in the JSON).
 #: The tables were measured with the paper's plain losses (pos_weight 1, the default before the fourth session);
 #: --positive-weighting compares them with today's default on the same photos.
-REFINE_BASE = {"hidden": 256, "n_candidates": 256, "pos_weight": 1.0, "weighted_err": False, "vote_weight": 0.0}
+REFINE_BASE = {
+    "hidden": 256,
+    "n_candidates": 256,
+    "pos_weight": 1.0,
+    "weighted_err": False,
+    "vote_weight": 0.0,
+    "extra_backbones": [],
+}
 BASELINES = ["user_tags", "random_guess", "tag_cooccur", "tag_vote", "rpca", "knn"]
 #: The ablation of refine: φ0 alone, each constraint alone, all three (λ's of RefineConfig).
 ABLATION = {

@@ -4,10 +4,7 @@
 ``girl`` also counts as ``female`` — see :func:`phototag.vocab.parent_words`. The rule, for every single-word noun
 whose most common sense is a physical thing (under WordNet's ``physical_entity``):
 
-- its parents are the hypernyms of that sense, one and two steps up;
-- names of single things (WordNet's instances: paris, thames, everest) get no parents: their class words (capital,
-  city, river) say where a photo was taken, not what it shows, and on MIRFLICKR they put ``city`` and ``country``
-  into nearly every photo's top 5;
+- its parents are the hypernyms (and instance hypernyms) of that sense, one and two steps up;
 - a parent is kept when its first name is a single word and it is not among WordNet's most general synsets
   (shallower than 4 steps from the root: entity, object, whole, ...).
 
@@ -39,7 +36,7 @@ def parents_table() -> dict[str, list[str]]:
     physical = wordnet.synset("physical_entity.n.01")
 
     def up(synset):
-        return synset.hypernyms()  # an instance (paris) has instance hypernyms only, so it never reaches physical
+        return synset.hypernyms() + synset.instance_hypernyms()
 
     table: dict[str, list[str]] = {}
     for synset in wordnet.all_synsets(pos="n"):

@@ -123,7 +123,14 @@ def test_baselines_and_refine_beat_user_tags_on_correlated_tags(name):
     x = truth @ np.random.default_rng(1).normal(size=(9, 8)) + np.random.default_rng(2).normal(size=(300, 8))
     inputs = {"features": x.astype(np.float32), "user_tags": strings(noisy, names)}
     config = {
-        "refine": {"knowledge": "none", "phi0_epochs": 30, "epochs": 2, "hidden": 64, "n_candidates": 32},
+        "refine": {
+            "knowledge": "none",
+            "phi0_epochs": 30,
+            "epochs": 2,
+            "hidden": 64,
+            "n_candidates": 32,
+            "extra_backbones": [],
+        },
         "rpca": {"lam": 0.17},
     }.get(name)
     _, refined = refine_scores(name, inputs, noisy, names, config=config, progress=False)
@@ -141,7 +148,7 @@ def test_refine_learns_from_noisy_tags_and_records_history():
     x, truth = clustered_features(n=200, n_tags=4, dim=16, seed=0)
     noisy = simulate_user_noise(truth, drop_rate=0.3, add_rate=0.3, seed=0)
     names = [f"t{j}" for j in range(4)]
-    config = {"knowledge": "none", "n_candidates": 20, "hidden": 64}
+    config = {"knowledge": "none", "n_candidates": 20, "hidden": 64, "extra_backbones": []}
     method, refined = refine_scores("refine", {"features": x}, noisy, names, config=config, progress=False)
     assert refined.shape == truth.shape
     assert mean_average_precision(truth, refined) > mean_average_precision(truth, noisy) + 0.1
@@ -155,6 +162,7 @@ def test_refine_weighs_the_user_error_like_phi0():
     x, truth = clustered_features(n=120, n_tags=4, dim=16, seed=1)
     noisy = simulate_user_noise(truth, drop_rate=0.3, add_rate=0.3, seed=1)
     base = {"knowledge": "none", "n_candidates": 20, "hidden": 32, "phi0_epochs": 5, "epochs": 1, "pos_weight": 5.0}
+    base["extra_backbones"] = []  # plain feature arrays: the model's backbone alone
     errs = {}
     for weighted in (True, False):
         config = {**base, "weighted_err": weighted}
@@ -176,6 +184,7 @@ def test_refine_blends_the_neighbour_vote_into_new_photos_scores(tmp_path):
     noisy = simulate_user_noise(truth, drop_rate=0.3, add_rate=0.3, seed=2)
     new, _ = clustered_features(n=30, n_tags=4, dim=16, seed=3)
     base = {"knowledge": "none", "n_candidates": 20, "hidden": 32, "phi0_epochs": 5, "epochs": 1, "vote_k": 10}
+    base["extra_backbones"] = []  # plain feature arrays: the model's backbone alone
     method = create_method("refine", base).fit({"features": x}, noisy, tag_names=list("abcd"), progress=False)
     knn = create_method("knn", k=10, temperature=0.1).fit({"features": x}, noisy)
     phi, vote = method.phi_scores({"features": new}), knn.score({"features": new})
@@ -193,14 +202,46 @@ def test_refine_blends_the_neighbour_vote_into_new_photos_scores(tmp_path):
     arrays, meta = paper.get_state()
     assert "vote" not in meta and not any(k.startswith("vote/") for k in arrays)
     with pytest.raises(ValueError, match="vote_weight must be between 0 and 1"):
-        create_method("refine", vote_weight=1.5).fit({"features": x}, noisy, tag_names=list("abcd"))
+        create_method("refine", vote_weight=1.5, extra_backbones=[]).fit({"features": x}, noisy, tag_names=list("abcd"))
+
+
+def test_refine_extra_backbones_join_the_features(tmp_path):
+    """extra_backbones: each backbone's features scaled to unit length and joined; the model reads them as
+    backbone_features, keeps them after loading, and says which are missing."""
+    from phototag.methods.base import MissingInputError
+    from phototag.model import TagModel
+    from phototag.vocab import TagVocabulary
+
+    x, truth = clustered_features(n=120, n_tags=4, dim=16, seed=4)
+    noisy = simulate_user_noise(truth, drop_rate=0.3, add_rate=0.3, seed=4)
+    other = np.random.default_rng(4).normal(size=(120, 6)).astype(np.float32)
+    config = {"knowledge": "none", "n_candidates": 20, "hidden": 32, "phi0_epochs": 5, "epochs": 1, "vote_k": 10}
+    config["extra_backbones"] = []
+    method = create_method("refine", {**config, "extra_backbones": ["efficientnet_lite2"]})
+    assert method.data_keys == ("features", "backbone_features") and method.feature_backbones() == [
+        "efficientnet_lite2"
+    ]
+    inputs = {"features": x, "backbone_features": {"efficientnet_lite2": other}}
+    method.fit(inputs, noisy, tag_names=list("abcd"), progress=False)
+    assert method.n_features_ == 16 + 6
+    unit = np.concatenate([b / np.linalg.norm(b, axis=1, keepdims=True) for b in (x, other)], axis=1)
+    plain = create_method("refine", config).fit({"features": unit}, noisy, tag_names=list("abcd"), progress=False)
+    np.testing.assert_allclose(method.score(inputs), plain.score({"features": unit}), rtol=1e-5, atol=1e-6)
+    TagModel(method, TagVocabulary().fit([list("abcd")])).save(tmp_path / "model")
+    loaded = TagModel.load(tmp_path / "model").method
+    assert loaded.data_keys == ("features", "backbone_features")
+    np.testing.assert_array_equal(loaded.score(inputs), method.score(inputs))
+    with pytest.raises(MissingInputError, match="efficientnet_lite2"):
+        loaded.score({"features": x, "backbone_features": {"efficientnet_lite1": other}})
+    assert create_method("refine", extra_backbones=[]).data_keys == ("features",)
+    assert create_method("refine").feature_backbones() == ["efficientnet_lite2"]  # the default
 
 
 def test_refine_rejects_bad_settings():
     with pytest.raises(ValueError, match="knowledge must be one of"):
         create_method("refine", knowledge="cyc").fit({"features": np.ones((4, 2))}, np.eye(4, 3), tag_names=NAMES)
     with pytest.raises(ValueError, match="needs the tag names"):
-        create_method("refine").fit({"features": np.ones((4, 2))}, np.eye(4, 3))
+        create_method("refine", extra_backbones=[]).fit({"features": np.ones((4, 2))}, np.eye(4, 3))
 
 
 # --- refine_dataset and the command -------------------------------------------------------------------------------
@@ -298,6 +339,7 @@ def test_refine_beats_user_tags_on_noisy_corel5k(corel5k_features):
     noisy = simulate_user_noise(truth[rows], drop_rate=0.3, add_rate=0.3, seed=0)
     names = [f"w{j}" for j in range(truth.shape[1])]
     config = {"knowledge": "none", "phi0_epochs": 20, "epochs": 1, "hidden": 128, "n_candidates": 64}
+    config["extra_backbones"] = []
     _, refined = refine_scores("refine", {"features": x[rows]}, noisy, names, config=config, progress=False)
     assert mean_average_precision(truth[rows], refined) > mean_average_precision(truth[rows], noisy) + 0.02
 

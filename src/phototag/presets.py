@@ -44,6 +44,7 @@ _PRESETS: dict[str, dict[str, Preset]] = {
                 "pos_weight": 1.0,
                 "weighted_err": False,
                 "vote_weight": 0.0,
+                "extra_backbones": [],
             },
             "Zhang, Wu, Zhang, Shen, Lu, 'Kill two birds with one stone', AAAI 2018: SGD 1e-3 for 30 epochs (/10 every"
             " 10), s = 64 anchors x m = 8 neighbours re-chosen every iteration, new photos scored by the network"

@@ -225,6 +225,8 @@ def refine_dataset(
         if "features" in tagger.data_keys:
             inputs["features"] = tag_context_features(noisy_all)
             log.info("Dataset '%s' has no images: tag-context features stand in for image features.", ds.name)
+            if getattr(tagger.config, "extra_backbones", None):  # no images, so no other backbones' features either
+                tagger = create_method(method, {**tagger.config_dict(), "extra_backbones": []})
     if ok.sum() < 2:
         raise ValueError(f"Dataset '{ds.name}': fewer than 2 records could be used for refinement.")
     refined_records = [r for r, good in zip(records, ok, strict=True) if good]

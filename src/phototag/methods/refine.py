@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from ._training import StandardizedNet
-from .base import RefinesTrainingScores, TaggingMethod, create_method, register_method
+from .base import MissingInputError, RefinesTrainingScores, TaggingMethod, create_method, register_method
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,9 @@ class RefineConfig:
     vote_weight: float = 0.8  # share of the neighbour vote in new photos' scores (0 = φ alone, the paper)
     vote_k: int = 1600  # training photos that vote for a new photo's tags (capped by the number of training photos)
     vote_temperature: float = 0.1  # softmax temperature of the vote's weights on cosine similarity
+    # Backbones whose pooled features join the model's own (every block scaled to unit length first), e.g.
+    # ["efficientnet_lite2"]: a better φ and vote for the cost of running those backbones too. [] = the model's alone.
+    extra_backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite2"])
     seed: int = 0  # seeds initialisation, dropout and shuffling
 
 
@@ -117,6 +120,35 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
     data_keys = ("features",)
     threshold_from_validation = True  # the vote's fractions and φ's weighted probabilities have no common 0.3
 
+    def __init__(self, config: Any = None, **overrides: Any):
+        super().__init__(config, **overrides)
+        if self.config.extra_backbones:  # per instance, as ensemble does: the extra backbones come as backbone_features
+            self.data_keys = ("features", "backbone_features")
+
+    def feature_backbones(self) -> list[str]:
+        """The extra backbones whose features join the model's (``extra_backbones``)."""
+        return list(self.config.extra_backbones)
+
+    def _features(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        """The network's input ``(n, d)``: the model's backbone features, joined by the extra backbones' (each
+        block scaled to unit length) when ``extra_backbones`` names some."""
+        x = np.asarray(inputs["features"], dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {x.shape} instead.")
+        if not self.config.extra_backbones:
+            return x
+        given = inputs.get("backbone_features") or {}
+        missing = [b for b in self.config.extra_backbones if b not in given]
+        if missing:
+            raise MissingInputError(
+                f"Method 'refine' needs input 'backbone_features' with the pooled features of {', '.join(missing)} "
+                f"(extra_backbones). Got {sorted(given)}."
+            )
+        blocks = [x, *(np.asarray(given[b], dtype=np.float32) for b in self.config.extra_backbones)]
+        if any(b.ndim != 2 or len(b) != len(x) for b in blocks):
+            raise ValueError(f"backbone_features must be (n_images, d) arrays with {len(x)} rows each.")
+        return np.concatenate([b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12) for b in blocks], 1)
+
     def _check_config(self) -> None:
         cfg = self.config
         if cfg.knowledge not in KNOWLEDGE_SOURCES:
@@ -144,10 +176,7 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
         n = self.check_inputs(inputs)
         g = self.check_targets(targets, n)
         names = self.check_tag_names(tag_names, g.shape[1])
-        x = np.asarray(inputs["features"], dtype=np.float32)
-        if x.ndim != 2:
-            raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {x.shape} instead.")
-        return x, g, names
+        return self._features(inputs), g, names
 
     def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
         from tqdm.auto import tqdm
@@ -223,7 +252,7 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
                 self.history_.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
         self.head_ = head.eval()
-        self.refined_scores_ = self.phi_scores({"features": x})
+        self.refined_scores_ = self._phi(x)
         self.vote_ = self._fit_vote(x, g)
         return self
 
@@ -283,18 +312,21 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
 
     def phi_scores(self, inputs: Mapping[str, Any]) -> np.ndarray:
         """φ's tag probabilities ``P`` (no neighbour vote): what the paper annotates new photos with."""
-        x = np.asarray(inputs["features"], dtype=np.float32)
+        return self._phi(self._features(inputs))
+
+    def _phi(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 2 or x.shape[1] != self.n_features_:
             raise ValueError(f"refine expects features of shape (n, {self.n_features_}). Got {x.shape} instead.")
         with torch.no_grad():
             return torch.sigmoid(self.head_(torch.from_numpy(x))[1]).numpy()
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        phi = self.phi_scores(inputs)
+        x = self._features(inputs)
+        phi = self._phi(x)
         vote = getattr(self, "vote_", None)
         if vote is None:
             return phi
-        return blend_vote(phi, vote.score(inputs), self.config.vote_weight)
+        return blend_vote(phi, vote.score({"features": x}), self.config.vote_weight)
 
     def get_state(self):
         arrays = {k: v.detach().cpu().numpy() for k, v in self.head_.state_dict().items()}
