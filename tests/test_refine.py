@@ -235,6 +235,15 @@ def test_refine_extra_backbones_join_the_features(tmp_path):
         loaded.score({"features": x, "backbone_features": {"efficientnet_lite1": other}})
     assert create_method("refine", extra_backbones=[]).data_keys == ("features",)
     assert create_method("refine").feature_backbones() == ["efficientnet_lite2"]  # the default
+    # A model saved before the setting existed (no extra_backbones in its file) still reads its own backbone alone.
+    TagModel(plain, TagVocabulary().fit([list("abcd")])).save(tmp_path / "older")
+    header_file = tmp_path / "older" / "phototag_model.json"
+    header = json.loads(header_file.read_text())
+    del header["config"]["extra_backbones"]
+    header_file.write_text(json.dumps(header))
+    older = TagModel.load(tmp_path / "older").method
+    assert older.data_keys == ("features",)
+    np.testing.assert_array_equal(older.score({"features": unit}), plain.score({"features": unit}))
 
 
 def test_refine_rejects_bad_settings():

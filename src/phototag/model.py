@@ -456,7 +456,8 @@ class TagModel:
         check_methods(header, get_method_class, header_file)
         check_weights(tensors, header, path / "weights.safetensors")
         vocab = TagVocabulary.load(path / "vocab.json")
-        method = create_method(header["method"], header["config"])
+        config = {**get_method_class(header["method"]).saved_defaults, **header["config"]}
+        method = create_method(header["method"], config)
         method.set_state(
             {k[len("method/") :]: v for k, v in tensors.items() if k.startswith("method/")}, header["method_meta"]
         )

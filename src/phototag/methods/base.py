@@ -55,6 +55,11 @@ class TaggingMethod(ABC):
     #: Settings older versions saved that are no longer model settings (run options); dropped when loading.
     retired_settings: ClassVar[tuple[str, ...]] = ()
 
+    #: Settings added after models were saved without them: the value that reproduces such a saved model when its
+    #: config lacks the setting (the new default may differ). :meth:`TagModel.load <phototag.model.TagModel.load>`
+    #: applies them.
+    saved_defaults: ClassVar[dict[str, Any]] = {}
+
     #: Run options of the training in progress (cache folder, device...), set by :func:`phototag.pipeline.train`
     #: before ``fit``; never saved. ``cnn`` keeps its cached trunk activations under their cache folder.
     run_options: Any = None

@@ -28,6 +28,10 @@ One network φ is learned from noisy user tags ``G`` (the ``targets`` given to :
    new photos with φ alone (``vote_weight=0``, ``--preset paper``); the vote was chosen on MIRFLICKR validation
    (docs/refine.md). ``refined_scores_``, the refinement of the training photos' own tags, stay φ's.
 
+Features: the model's backbone (Lite0 by default) joined by the pooled features of ``extra_backbones`` (Lite2 by
+default; each block scaled to unit length), read as ``"backbone_features"``; ``extra_backbones=[]`` (the paper
+preset) uses the model's backbone alone. Chosen on MIRFLICKR validation (docs/refine.md).
+
 The paper's schedule (``--preset paper``): SGD with momentum, ``refine_lr`` 1e-3 divided by 10 every 10 epochs
 (``lr_step_epochs``), 30 epochs, s = 64, m = 8, re-selection every iteration. The default (Adam 1e-5, 3 epochs,
 s = 32, per-epoch re-selection) is the setting measured on Corel5k and the MIRFLICKR tag matrix (docs/refine.md).
@@ -119,6 +123,7 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
     Config = RefineConfig
     data_keys = ("features",)
     threshold_from_validation = True  # the vote's fractions and φ's weighted probabilities have no common 0.3
+    saved_defaults = {"extra_backbones": []}  # models saved before the setting read their own backbone alone
 
     def __init__(self, config: Any = None, **overrides: Any):
         super().__init__(config, **overrides)
