@@ -40,7 +40,7 @@ class KNNTagger(TaggingMethod):
             raise ValueError(f"knn temperature must be > 0. Got {self.config.temperature} instead.")
         # Stored in float16 (half the model size); scoring always computes from this same copy, so a saved and
         # reloaded model gives identical scores.
-        self.train_features_ = _normalize(np.asarray(inputs["features"], dtype=np.float32)).astype(np.float16)
+        self.train_features_ = unit_rows(np.asarray(inputs["features"], dtype=np.float32)).astype(np.float16)
         self.train_targets_ = targets.astype(np.uint8)
         prior = targets.mean(axis=0)
         self.tag_prior_ = prior.astype(np.float32)
@@ -50,7 +50,7 @@ class KNNTagger(TaggingMethod):
     def update(self, inputs, targets, *, progress=True, tag_names=None):
         """Append the new images to the memory; old images get 0 for tags added since (their tags are unknown)."""
         targets = self.check_update_targets(inputs, targets)
-        features = _normalize(np.asarray(inputs["features"], dtype=np.float32))
+        features = unit_rows(np.asarray(inputs["features"], dtype=np.float32))
         if features.shape[1] != self.train_features_.shape[1]:
             raise ValueError(
                 f"knn expects features of shape (n, {self.train_features_.shape[1]}). Got {features.shape} instead."
@@ -65,7 +65,7 @@ class KNNTagger(TaggingMethod):
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
         from scipy import sparse
 
-        queries = _normalize(np.asarray(inputs["features"], dtype=np.float32))
+        queries = unit_rows(np.asarray(inputs["features"], dtype=np.float32))
         bank = self.train_features_.astype(np.float32)
         # Sparse tags and a sparse (queries x bank) weight matrix: memory grows with k, not with k x n_tags.
         labels = sparse.csr_matrix(self.train_targets_, dtype=np.float32)
@@ -102,7 +102,8 @@ class KNNTagger(TaggingMethod):
         self.n_tags_ = int(meta["n_tags"])
 
 
-def _normalize(features: np.ndarray) -> np.ndarray:
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """Each row of ``(n, d)`` features scaled to unit length (zero rows stay zero)."""
     if features.ndim != 2:
         raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {features.shape} instead.")
     norms = np.linalg.norm(features, axis=1, keepdims=True)

@@ -50,6 +50,7 @@ from torch import nn
 
 from ._training import StandardizedNet
 from .base import MissingInputError, RefinesTrainingScores, TaggingMethod, create_method, register_method
+from .knn import unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
         blocks = [x, *(np.asarray(given[b], dtype=np.float32) for b in self.config.extra_backbones)]
         if any(b.ndim != 2 or len(b) != len(x) for b in blocks):
             raise ValueError(f"backbone_features must be (n_images, d) arrays with {len(x)} rows each.")
-        return np.concatenate([b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12) for b in blocks], 1)
+        return np.concatenate([unit_rows(b) for b in blocks], axis=1)
 
     def _check_config(self) -> None:
         cfg = self.config

@@ -20,6 +20,7 @@ import numpy as np
 
 from ._usertags import tag_index, user_tag_matrix
 from .base import RefinesTrainingScores, TaggingMethod, register_method
+from .knn import unit_rows
 
 
 class _UserTagMethod(TaggingMethod):
@@ -147,7 +148,7 @@ class TagVoteBaseline(RefinesTrainingScores, _UserTagMethod):
         self._set_vocabulary(self.check_tag_names(tag_names, g.shape[1]))
         if self.config.k < 1:
             raise ValueError(f"The 'k' parameter of tag_vote must be an int >= 1. Got {self.config.k} instead.")
-        self.features_ = _unit_rows(np.asarray(inputs["features"], dtype=np.float32))
+        self.features_ = unit_rows(np.asarray(inputs["features"], dtype=np.float32))
         self.tags_ = g.astype(np.uint8)
         self.prior_ = g.mean(axis=0).astype(np.float32)
         self.n_tags_ = g.shape[1]
@@ -172,7 +173,7 @@ class TagVoteBaseline(RefinesTrainingScores, _UserTagMethod):
         return (out + own_weight * own) / (k + own_weight) - self.prior_
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        queries = _unit_rows(np.asarray(inputs["features"], dtype=np.float32))
+        queries = unit_rows(np.asarray(inputs["features"], dtype=np.float32))
         if queries.shape[1] != self.features_.shape[1]:
             raise ValueError(
                 f"tag_vote expects features of shape (n, {self.features_.shape[1]}). Got {queries.shape} instead."
@@ -332,9 +333,3 @@ class RandomGuessBaseline(TaggingMethod):
 
     def set_state(self, arrays, meta):
         self.n_tags_ = int(meta["n_tags"])
-
-
-def _unit_rows(features: np.ndarray) -> np.ndarray:
-    if features.ndim != 2:
-        raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {features.shape} instead.")
-    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
