@@ -332,6 +332,22 @@ def test_refine_command_writes_dataset_and_report(synthetic_dataset, feature_cac
     assert all(r.tags == ["photo"] for r in Dataset.load(out).records)
 
 
+def test_refine_on_tag_only_data_reads_no_extra_backbone():
+    """Without images, the default refine (Lite2 joined to the model's features) falls back to the tag-context
+    features alone: there is no photo to run Lite2 on."""
+    from phototag.data import ImageRecord
+
+    rng = np.random.default_rng(5)
+    records = [
+        ImageRecord(id=str(i), file=None, tags=[], user_tags=list(rng.choice(list("abcdef"), 3, replace=False)))
+        for i in range(40)
+    ]
+    config = {"knowledge": "none", "n_candidates": 10, "hidden": 16, "phi0_epochs": 2, "epochs": 1, "vote_k": 5}
+    result = refine_dataset(Dataset(records, name="tags-only"), config=config, progress=False)
+    assert result.method.config.extra_backbones == [] and result.method.data_keys == ("features",)
+    assert result.scores.shape == (40, 6) and np.isfinite(result.scores).all()
+
+
 def test_refine_command_errors_without_user_tags(tmp_path, capsys):
     from phototag.data import ImageRecord
 
