@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy import optimize, sparse
@@ -34,7 +36,9 @@ def rare_word_set():
 
 def test_2pknn_scores_follow_the_two_passes(rare_word_set):
     features, targets, query = rare_word_set
-    method = create_method("2pknn", k1=2, weight=20.0, standardize=False).fit({"features": features}, targets)
+    method = create_method("2pknn", k1=2, weight=20.0, standardize=False, backbones=[]).fit(
+        {"features": features}, targets
+    )
     scores = method.score({"features": query})[0]
     # Pass 1: a -> rows 11, 10 (nearest carrying a); b -> rows 12, 13; c -> rows 0, 1; r -> rows 10, 11.
     union = [0, 1, 10, 11, 12, 13]
@@ -48,7 +52,9 @@ def test_2pknn_scores_follow_the_two_passes(rare_word_set):
 
 def test_2pknn_lifts_the_rare_word_over_a_frequent_one(rare_word_set):
     features, targets, query = rare_word_set
-    method = create_method("2pknn", k1=2, weight=20.0, standardize=False).fit({"features": features}, targets)
+    method = create_method("2pknn", k1=2, weight=20.0, standardize=False, backbones=[]).fit(
+        {"features": features}, targets
+    )
     scores = method.score({"features": query})[0]
     assert scores[3] > scores[2], "the rare word r (2 photos, nearer) must outrank the frequent c (10 photos)"
     # Plain distance-weighted voting over the 12 nearest photos ranks them the other way round.
@@ -113,7 +119,8 @@ def test_likelihood_gradients_match_finite_differences(mode):
 @pytest.mark.parametrize("name", ["2pknn", "tagprop"])
 def test_update_adds_images_and_a_new_tag(name, tmp_path):
     x, y = clustered_features(n=120, n_tags=3, dim=8, seed=1)
-    method = create_method(name, {"k": 20} if name == "tagprop" else {}).fit({"features": x}, y, progress=False)
+    method = create_method(name, {"k": 20} if name == "tagprop" else {"backbones": []})
+    method.fit({"features": x}, y, progress=False)
     rng = np.random.default_rng(2)
     far = np.full(8, 6.0, np.float32)
     new_x = (far + rng.normal(scale=0.3, size=(6, 8))).astype(np.float32)
@@ -159,7 +166,13 @@ def test_exact_index_matches_brute_force():
 def test_bad_settings_are_refused():
     x, y = clustered_features(n=20, n_tags=2, dim=4)
     with pytest.raises(ValueError, match="'k1' parameter of 2pknn must be an int >= 1"):
-        create_method("2pknn", k1=0).fit({"features": x}, y)
+        create_method("2pknn", k1=0, backbones=[]).fit({"features": x}, y)
+    with pytest.raises(ValueError, match="balance must be >= 0"):
+        create_method("2pknn", balance=-1.0, backbones=[]).fit({"features": x}, y)
+    with pytest.raises(ValueError, match="blocks .* or backbones, not both"):
+        create_method("2pknn", blocks=[2, 2]).fit(
+            {"backbone_features": {"efficientnet_lite1": x, "efficientnet_lite2": x}}, y
+        )
     with pytest.raises(ValueError, match="tagprop weighting must be one of"):
         create_method("tagprop", weighting="softmax").fit({"features": x}, y)
 
@@ -173,10 +186,80 @@ def test_real_corel5k_subset(corel5k_features):
     x_train, y_train = features[train_rows], targets[train_rows]
     x_test, y_test = features[test_rows], targets[test_rows]
     results = {}
+    # 2pknn's defaults vote on Lite1 + Lite2; on these Lite0 features, the settings chosen for Lite0 (knn_methods.md).
+    lite0 = {"2pknn": {"backbones": [], "k1": 5, "weight": 20.0}}
     for name in ("knn", "2pknn", "tagprop"):
-        method = create_method(name).fit({"features": x_train}, y_train, progress=False)
+        method = create_method(name, lite0.get(name, {})).fit({"features": x_train}, y_train, progress=False)
         results[name] = evaluate_scores(y_test, method.score({"features": x_test}), k=5)
     for name in ("2pknn", "tagprop"):
         assert results[name]["map"] > results["knn"]["map"], (name, results[name]["map"], results["knn"]["map"])
         assert results[name]["tag@5_f1"] > 0.15, name
         assert results[name]["tag@5_n_plus"] > 70, name
+
+
+def test_2pknn_joins_the_named_backbones(tmp_path):
+    """backbones: the named backbones' features side by side, one block each; the same votes as the joined array
+    with those blocks given by hand. The model reads them as backbone_features, keeps them after loading, and
+    says which are missing; a model saved before the setting reads its own backbone."""
+    from phototag.methods.base import MissingInputError
+
+    x, y = clustered_features(n=120, n_tags=4, dim=16, seed=3)
+    other = np.random.default_rng(3).normal(size=(120, 6)).astype(np.float32)
+    names = ["efficientnet_lite1", "efficientnet_lite2"]
+    method = create_method("2pknn", backbones=names, balance=0.0)
+    assert method.data_keys == ("backbone_features",) and method.feature_backbones() == names
+    inputs = {"backbone_features": {names[0]: x, names[1]: other}}
+    method.fit(inputs, y, progress=False)
+    joined = np.concatenate([x, other], axis=1)
+    by_hand = create_method("2pknn", backbones=[], blocks=[16, 6], balance=0.0).fit({"features": joined}, y)
+    np.testing.assert_allclose(method.score(inputs), by_hand.score({"features": joined}), rtol=1e-6, atol=1e-7)
+    vocab = TagVocabulary().fit([["t0", "t1", "t2", "t3"]])
+    TagModel(method, vocab).save(tmp_path / "model")
+    loaded = TagModel.load(tmp_path / "model").method
+    assert loaded.data_keys == ("backbone_features",)
+    np.testing.assert_array_equal(loaded.score(inputs), method.score(inputs))
+    with pytest.raises(MissingInputError, match="efficientnet_lite2"):
+        loaded.score({"backbone_features": {names[0]: x}})
+    TagModel(by_hand, vocab).save(tmp_path / "older")
+    header_file = tmp_path / "older" / "phototag_model.json"
+    header = json.loads(header_file.read_text())
+    del header["config"]["backbones"], header["config"]["balance"]
+    header_file.write_text(json.dumps(header))
+    older = TagModel.load(tmp_path / "older").method
+    assert older.data_keys == ("features",) and older.config.balance == 0.0
+    np.testing.assert_array_equal(older.score({"features": joined}), by_hand.score({"features": joined}))
+
+
+def test_2pknn_balancing_offsets_give_rare_tags_their_share(tmp_path):
+    """balance > 0: offsets fitted on leave-one-out training scores. Without them a frequent tag fills every top 1;
+    with them the rare tag tops about as many photos as carry it, the scores themselves are unchanged, and the
+    offsets survive saving and an update that adds a tag."""
+    from phototag.calibration import apply_offsets, top_k_mask
+
+    rng = np.random.default_rng(0)
+    # 100 photos in one cloud: all carry 'common'; 20 (anywhere in the cloud) also carry 'rare', near each other.
+    x = rng.normal(size=(100, 8)).astype(np.float32)
+    x[:20] += 1.5
+    y = np.zeros((100, 2), np.float32)
+    y[:, 0] = 1
+    y[:20, 1] = 1
+    plain = create_method("2pknn", backbones=[], balance=0.0, k1=3, weight=5.0).fit({"features": x}, y)
+    assert plain.rank_offset() is None
+    balanced = create_method("2pknn", backbones=[], balance=1.0, balance_k=1, k1=3, weight=5.0)
+    balanced.fit({"features": x}, y, progress=False)
+    offsets = balanced.rank_offset()
+    assert offsets.shape == (2,) and offsets[1] > offsets[0]
+    queries = x + rng.normal(scale=0.1, size=x.shape).astype(np.float32)
+    scores = balanced.score({"features": queries})
+    np.testing.assert_array_equal(scores, plain.score({"features": queries}))
+    assert top_k_mask(scores, 1)[:, 1].sum() < 5, "unbalanced, the frequent tag tops (almost) every photo"
+    rare_first = top_k_mask(apply_offsets(scores, offsets), 1)[:, 1]
+    assert 10 <= rare_first.sum() <= 30 and rare_first[:20].mean() > rare_first[20:].mean()
+    vocab = TagVocabulary().fit([["common", "rare"]])
+    TagModel(balanced, vocab).save(tmp_path / "model")
+    loaded = TagModel.load(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.rank_offset(balanced=True), offsets)
+    assert loaded.rank_offset() is None, "balanced decisions stay opt-in"
+    loaded.method.update({"features": x[:3]}, np.ones((3, 3), np.float32), progress=False)
+    assert loaded.method.rank_offset().shape == (3,)
+    assert loaded.method.rank_offset()[2] == np.median(offsets)

@@ -9,7 +9,7 @@ import numpy as np
 from scipy import sparse
 
 from ..neighbors import ExactIndex, FeatureScaler
-from .base import TaggingMethod
+from .base import MissingInputError, TaggingMethod
 
 
 class NeighbourMemory:
@@ -104,11 +104,40 @@ class NeighbourMemory:
         return cls(scaler, arrays["bank"], labels)
 
 
-def append_update(method: TaggingMethod, inputs: Mapping[str, np.ndarray], targets: np.ndarray) -> int:
+def joined_features(
+    method: TaggingMethod, inputs: Mapping[str, object], backbones: Sequence[str]
+) -> tuple[np.ndarray, list[int] | None]:
+    """What a neighbour-voting method votes with, and its feature blocks: the model backbone's ``"features"``
+    (blocks ``None``: the method's own ``blocks`` setting applies), or with ``backbones`` named, those backbones'
+    pooled features from ``"backbone_features"`` side by side, one block per backbone."""
+    if not backbones:
+        x = np.asarray(inputs["features"], np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {x.shape} instead.")
+        return x, None
+    given = inputs.get("backbone_features") or {}
+    missing = [b for b in backbones if b not in given]
+    if missing:
+        raise MissingInputError(
+            f"Method '{method.name}' needs input 'backbone_features' with the pooled features of "
+            f"{', '.join(missing)} (its backbones setting). Got {sorted(given)}."
+        )
+    parts = [np.asarray(given[b], np.float32) for b in backbones]
+    if any(p.ndim != 2 or len(p) != len(parts[0]) for p in parts):
+        raise ValueError(f"backbone_features must be (n_images, d) arrays with {len(parts[0])} rows each.")
+    return np.concatenate(parts, axis=1), [p.shape[1] for p in parts]
+
+
+def append_update(
+    method: TaggingMethod, inputs: Mapping[str, np.ndarray], targets: np.ndarray, features: np.ndarray | None = None
+) -> int:
     """The online update shared by the neighbour-voting methods: check the new images and their targets (old tag
-    columns first, then any new ones), add them to ``method.memory_`` and return how many tags are new."""
+    columns first, then any new ones), add them (``features``, or the ``"features"`` input) to ``method.memory_``
+    and return how many tags are new."""
     targets = method.check_update_targets(inputs, targets)
-    method.memory_.append(np.asarray(inputs["features"], np.float32), targets)
+    if features is None:
+        features = np.asarray(inputs["features"], np.float32)
+    method.memory_.append(features, targets)
     added = targets.shape[1] - method.n_tags_
     method.n_tags_ = targets.shape[1]
     return added

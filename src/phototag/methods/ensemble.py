@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -186,6 +186,8 @@ class EnsembleTagger(TaggingMethod):
         settings = dict(self.config.member_config.get(method, {}))
         if method == "cnn":
             settings["backbone"] = backbone
+        elif "backbones" in {f.name for f in fields(get_method_class(method).Config)}:
+            settings["backbones"] = []  # a member reads the one backbone its name gives ("2pknn@efficientnet_lite1")
         return create_method(method, settings)
 
     def _member_inputs(self, inputs: Mapping[str, Any]) -> list[dict[str, Any]]:

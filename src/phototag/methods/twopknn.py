@@ -36,19 +36,28 @@ from typing import Any
 
 import numpy as np
 
-from ._neighbour_memory import NeighbourMemory, append_update
+from ..calibration import tag_balance_offsets
+from ._neighbour_memory import NeighbourMemory, append_update, joined_features
 from ._neighbour_vote import VoteLikelihood, distance_weights, label_pairs, tag_neighbourhoods, vote
 from .base import TaggingMethod, register_method
 
 
 @dataclass
 class TwoPassKNNConfig:
-    # Defaults chosen on Corel5k validation photos with lite0 features (docs/knn_methods.md).
-    k1: int = 5  # images per tag in pass 1 (each tag's K1 nearest training images carrying it)
-    weight: float = 20.0  # w in exp(-w·d), d = 1 - cosine in [0, 2]; larger = the nearest images dominate
+    # Defaults chosen on Corel5k validation photos (docs/knn_methods.md).
+    k1: int = 2  # images per tag in pass 1 (each tag's K1 nearest training images carrying it)
+    weight: float = 40.0  # w in exp(-w·d), d = 1 - cosine in [0, 2]; larger = the nearest images dominate
     metric_learning: bool = False  # learn a weight per feature block by maximum likelihood (2PKNN-ML, simplified)
-    blocks: list[int] = field(default_factory=list)  # feature block sizes (e.g. one per backbone); [] = one block
+    # Backbones whose pooled features are joined (one block each), read as "backbone_features"; [] = the model's
+    # own backbone ("features"), split by `blocks`.
+    backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite1", "efficientnet_lite2"])
+    blocks: list[int] = field(default_factory=list)  # block sizes of the model backbone's features; [] = one block
     standardize: bool = False  # standardise each feature dimension (training mean/std) before L2 normalising
+    # > 0: per-tag offsets for balanced top-k decisions (--balanced), fitted on leave-one-out training scores so
+    # tag t is in a top balance_k about as often as n_t ** balance; 0 = none
+    balance: float = 0.5
+    balance_k: int = 2  # the top-k the balancing offsets are fitted for
+    balance_images: int = 10000  # training images whose leave-one-out scores fit the offsets (seeded sample)
     eps: float = 1e-5  # probability floor of the likelihood used by metric learning
     max_iter: int = 50  # L-BFGS iterations of metric learning
     fit_images: int = 2000  # training images whose tags metric learning fits (seeded sample when more)
@@ -67,6 +76,21 @@ class TwoPassKNNTagger(TaggingMethod):
     Config = TwoPassKNNConfig
     data_keys = ("features",)
     supports_update = True
+    #: Models saved before these settings voted on the model's backbone and fitted no offsets.
+    saved_defaults = {"backbones": [], "balance": 0.0}
+
+    def __init__(self, config: Any = None, **overrides: Any):
+        super().__init__(config, **overrides)
+        if self.config.backbones:  # per instance, as refine does: the named backbones come as backbone_features
+            self.data_keys = ("backbone_features",)
+
+    def feature_backbones(self) -> list[str]:
+        """The backbones whose joined features the votes compare (``backbones``)."""
+        return list(self.config.backbones)
+
+    def _features(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, list[int] | None]:
+        features, blocks = joined_features(self, inputs, self.config.backbones)
+        return features, blocks if blocks is not None else (self.config.blocks or None)
 
     def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
         n = self.check_inputs(inputs)
@@ -76,16 +100,48 @@ class TwoPassKNNTagger(TaggingMethod):
             raise ValueError(f"The 'k1' parameter of 2pknn must be an int >= 1. Got {cfg.k1} instead.")
         if cfg.weight < 0:
             raise ValueError(f"2pknn weight must be >= 0. Got {cfg.weight} instead.")
+        if cfg.balance < 0 or cfg.balance_k < 1:
+            raise ValueError(f"2pknn balance must be >= 0 and balance_k >= 1. Got {cfg.balance} and {cfg.balance_k}.")
+        if cfg.backbones and cfg.blocks:
+            raise ValueError("2pknn: set blocks (for the model backbone's features) or backbones, not both.")
         if not targets.any():
             raise ValueError("2pknn needs training images with tags; every target row is empty.")
-        features = np.asarray(inputs["features"], dtype=np.float32)
-        self.memory_ = NeighbourMemory.fit(features, targets, cfg.blocks or None, standardize=cfg.standardize)
+        features, blocks = self._features(inputs)
+        self.memory_ = NeighbourMemory.fit(features, targets, blocks, standardize=cfg.standardize)
         n_blocks = len(self.memory_.scaler.blocks)
         self.weights_ = np.full(n_blocks, cfg.weight / n_blocks)
         if cfg.metric_learning:
             self.weights_ = self._learn_weights(targets)
         self.n_tags_ = targets.shape[1]
+        self.offsets_ = None
+        if cfg.balance > 0:
+            self.offsets_ = self._balance_offsets(targets, progress=progress)
         return self
+
+    def _balance_offsets(self, targets: np.ndarray, *, progress: bool) -> np.ndarray:
+        """Offsets for balanced top-k decisions, fitted on the leave-one-out scores of (a sample of) the training
+        images: each image scored by the two-pass neighbourhood of the others, as a new photo would be."""
+        from tqdm.auto import tqdm
+
+        cfg, memory = self.config, self.memory_
+        n = len(targets)
+        rows = np.arange(n)
+        if n > cfg.balance_images:
+            rows = np.sort(np.random.default_rng(cfg.seed).choice(n, cfg.balance_images, replace=False))
+        bank, words = memory.vectors(), memory.members_by_tag()
+        scores = np.empty((len(rows), self.n_tags_))
+        starts = range(0, len(rows), cfg.chunk_size)
+        for start in tqdm(starts, desc="2pknn balancing offsets", disable=not progress, leave=False):
+            chunk = rows[start : start + cfg.chunk_size]
+            nb = tag_neighbourhoods(words, bank[chunk], bank, cfg.k1, memory.scaler.blocks, exclude=chunk)
+            pi = distance_weights(nb, self.weights_)
+            scores[start : start + len(chunk)] = vote(nb, pi, label_pairs(nb, memory.labels), self.n_tags_)
+        k = min(cfg.balance_k, self.n_tags_)
+        return tag_balance_offsets(targets[rows], scores, k=k, power=cfg.balance)
+
+    def rank_offset(self) -> np.ndarray | None:
+        """The balancing offsets (``balance`` > 0) for balanced top-k decisions, else ``None``."""
+        return getattr(self, "offsets_", None)
 
     def _learn_weights(self, targets: np.ndarray) -> np.ndarray:
         """Block weights maximising the leave-one-out likelihood of the training tags under 2PKNN votes."""
@@ -102,13 +158,17 @@ class TwoPassKNNTagger(TaggingMethod):
         return np.asarray(weights, np.float64)
 
     def update(self, inputs, targets, *, progress=True, tag_names=None):
-        """Add the new images to the memory and to the semantic neighbourhoods of their tags (new tags included)."""
-        append_update(self, inputs, targets)
+        """Add the new images to the memory and to the semantic neighbourhoods of their tags (new tags included).
+        Balancing offsets are kept; a new tag gets the median offset."""
+        added = append_update(self, inputs, targets, self._features(inputs)[0])
+        if added and getattr(self, "offsets_", None) is not None:
+            fill = np.full(added, np.median(self.offsets_), dtype=np.float32)
+            self.offsets_ = np.concatenate([self.offsets_, fill])
         return self
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
         memory = self.memory_
-        queries = memory.transform(np.asarray(inputs["features"], np.float32))
+        queries = memory.transform(self._features(inputs)[0])
         bank = memory.vectors()
         words = memory.members_by_tag()
         out = np.empty((len(queries), self.n_tags_))
@@ -120,9 +180,13 @@ class TwoPassKNNTagger(TaggingMethod):
         return out
 
     def get_state(self):
-        return self.memory_.get_state() | {"weights": self.weights_}, {"n_tags": int(self.n_tags_)}
+        arrays = self.memory_.get_state() | {"weights": self.weights_}
+        if getattr(self, "offsets_", None) is not None:
+            arrays["offsets"] = np.asarray(self.offsets_, np.float32)
+        return arrays, {"n_tags": int(self.n_tags_)}
 
     def set_state(self, arrays, meta):
         self.memory_ = NeighbourMemory.from_state(arrays)
         self.weights_ = np.asarray(arrays["weights"], np.float64)
+        self.offsets_ = np.asarray(arrays["offsets"], np.float32) if "offsets" in arrays else None
         self.n_tags_ = int(meta["n_tags"])
