@@ -84,3 +84,33 @@ def test_features_are_deterministic(backbone):
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32))
     with torch.no_grad():
         assert torch.equal(backbone(x), backbone(x))
+
+
+def test_earlier_stages_join_the_pooled_features(backbone, tmp_path):
+    """``efficientnet_lite0+s16``: the model's own pooled features first (its ImageNet classifier still reads them),
+    then the mean of the stride-16 feature map; a cache key of its own, while plain names keep theirs; the ONNX graph
+    tagging runs gives the same features as torch."""
+    from phototag.backbone_spec import as_spec, backbone_label, parse_backbone_name
+    from phototag.features import FeatureStore
+
+    staged = create_backbone("efficientnet_lite0+s16")
+    assert staged.num_features == 1280 + 112 and backbone_label(staged.spec) == "efficientnet_lite0+s16"
+    assert staged.spec.cache_key() != backbone.spec.cache_key()
+    assert as_spec("efficientnet_lite0") == BackboneSpec(), "plain names (and their cached features) are unchanged"
+    transform = backbone.transform()
+    batch = torch.stack([transform(load_image(_skimage_photo(n))) for n in ("chelsea.png", "coffee.png")])
+    with torch.no_grad():
+        joined, plain = staged(batch), backbone(batch)
+        stage = backbone.model.forward_intermediates(batch, indices=[3], intermediates_only=True)[0]
+    assert joined.shape == (2, 1392)
+    torch.testing.assert_close(joined[:, :1280], plain)
+    torch.testing.assert_close(joined[:, 1280:], stage.mean(dim=(2, 3)))
+    photos = [_skimage_photo(n) for n in ("chelsea.png", "coffee.png")]
+    store = FeatureStore("efficientnet_lite0+s16", tmp_path / "cache")
+    extracted = store.extract(photos, progress=False).features
+    np.testing.assert_allclose(extracted, joined.numpy(), rtol=1e-3, atol=1e-3)
+    assert parse_backbone_name("efficientnet_lite2+s16+s8") == ("efficientnet_lite2", [8, 16])
+    with pytest.raises(ValueError, match=r"only '\+sN'"):
+        parse_backbone_name("efficientnet_lite0+layer4")
+    with pytest.raises(ValueError, match="no feature map at stride 3; this model has strides 2, 4, 8, 16, 32"):
+        create_backbone("efficientnet_lite0+s3")

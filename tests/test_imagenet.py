@@ -128,6 +128,13 @@ def test_coffee_photo_gets_coffee_or_cup_without_training(example_features, mapp
     np.testing.assert_array_equal(same, scores)
     probs = class_probabilities(features, method.classifiers_)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+    # A backbone with pooled earlier stages ("+s16") gives wider features; the classifier reads the leading ones.
+    staged_name = backbone.spec.name + "+s16"
+    extra = np.random.default_rng(0).normal(size=(len(names), 112)).astype(np.float32)
+    staged = {staged_name: np.concatenate([features[backbone.spec.name], extra], axis=1)}
+    wide = create_method("imagenet", backbones=[staged_name])
+    wide.fit({"backbone_features": staged}, np.zeros((len(names), len(vocab))), tag_names=vocab, progress=False)
+    np.testing.assert_allclose(wide.score({"backbone_features": staged}), scores, rtol=1e-5, atol=1e-7)
 
 
 def test_calibration_is_fitted_per_tag_and_globally(example_features, mapping):

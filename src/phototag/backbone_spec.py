@@ -25,6 +25,43 @@ _OFFLINE_PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 RESIZE_MODES = ("crop", "letterbox", "squash")
 
+#: A backbone name may add the average-pooled feature maps of earlier stages, by stride, to its pooled features:
+#: ``efficientnet_lite1+s16`` is Lite1's 1,280 pooled numbers followed by the mean of its stride-16 feature map
+#: (112 more). The strides are kept in ``BackboneSpec.extra["pooled_strides"]``, so they are part of the cache key.
+STRIDE_PREFIX = "+s"
+
+
+def parse_backbone_name(text: str) -> tuple[str, list[int]]:
+    """``"efficientnet_lite1+s16"`` -> ``("efficientnet_lite1", [16])``; a plain timm name has no strides.
+
+    Example:
+        >>> parse_backbone_name("efficientnet_lite2+s8+s16")
+        ('efficientnet_lite2', [8, 16])
+    """
+    name, *parts = text.split("+")
+    strides = []
+    for part in parts:
+        digits = part[1:]
+        if not (part.startswith("s") and digits.isdigit() and int(digits) > 0):
+            raise ValueError(
+                f"Backbone name {text!r}: after the timm name, only '+sN' (also pool the stride-N feature map, e.g. "
+                "efficientnet_lite1+s16) may follow."
+            )
+        strides.append(int(digits))
+    if not name:
+        raise ValueError(f"Backbone name {text!r} has no timm model name before '+'.")
+    return name, sorted(set(strides))
+
+
+def pooled_strides(spec: BackboneSpec) -> list[int]:
+    """The strides of the earlier feature maps pooled into ``spec``'s features (``[]`` = the last layer only)."""
+    return [int(s) for s in spec.extra.get("pooled_strides", [])]
+
+
+def backbone_label(spec: BackboneSpec) -> str:
+    """The name a user writes for ``spec``: the timm name, plus ``+sN`` per pooled earlier stride."""
+    return spec.name + "".join(f"{STRIDE_PREFIX}{s}" for s in pooled_strides(spec))
+
 
 @dataclass
 class BackboneSpec:
@@ -85,7 +122,8 @@ def as_spec(spec: BackboneSpec | str | None = None, **overrides: Any) -> Backbon
     if spec is None:
         spec = BackboneSpec()
     elif isinstance(spec, str):
-        spec = BackboneSpec(name=spec)
+        name, strides = parse_backbone_name(spec)
+        spec = BackboneSpec(name=name, extra={"pooled_strides": strides} if strides else {})
     spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
     if spec.resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}. Got {spec.resize_mode!r} instead.")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .backbone_spec import backbone_label
 from .backbones import BackboneSpec, resolve_spec
 from .errors import EnvironmentProblem, MissingDependencyError
 from .fileio import atomic_write_bytes
@@ -213,10 +214,10 @@ def export_backbone(
     cosine = float(_cosines(reference, exported).min())
     if cosine < EXPORT_MIN_COSINE:
         raise EnvironmentProblem(
-            f"The ONNX export of backbone '{spec.name}' disagrees with torch on real photos (cosine {cosine:.6f} < "
-            f"{EXPORT_MIN_COSINE}); report this with your torch and onnx versions."
+            f"The ONNX export of backbone '{backbone_label(spec)}' disagrees with torch on real photos (cosine "
+            f"{cosine:.6f} < {EXPORT_MIN_COSINE}); report this with your torch and onnx versions."
         )
-    log.info("Exported backbone %s to ONNX (cosine to torch %.7f)", spec.name, cosine)
+    log.info("Exported backbone %s to ONNX (cosine to torch %.7f)", backbone_label(spec), cosine)
     return atomic_write_bytes(path, data)
 
 
@@ -345,9 +346,9 @@ def backbone_graph(
     except ImportError:
         ready = sorted({f.name.rsplit("-", 1)[0] for f in shipped.glob("*.onnx")})
         raise MissingDependencyError(
-            f"No ONNX graph of backbone '{spec.name}' ({name}) in this installation or cache, and exporting one needs "
-            'PyTorch: pip install "phototag[train]" (once; the graph is cached), or use a model that ships its '
-            f"backbones, or a backbone whose graph phototag ships ({', '.join(ready) or 'none'})."
+            f"No ONNX graph of backbone '{backbone_label(spec)}' ({name}) in this installation or cache, and exporting "
+            'one needs PyTorch: pip install "phototag[train]" (once; the graph is cached), or use a model that ships '
+            f"its backbones, or a backbone whose graph phototag ships ({', '.join(ready) or 'none'})."
         ) from None
     # One export at a time in this process: torch.onnx.export is not thread-safe, and threads that asked for the same
     # graph find it cached once the first one has written it.
@@ -356,9 +357,9 @@ def backbone_graph(
             return cached
         if options.precision == "int8":
             fp32 = backbone_graph(spec, options.replace(precision="fp32"), search=search, backbone=backbone)
-            log.info("Quantising backbone %s to int8 (calibrated on sample photos)", spec.name)
+            log.info("Quantising backbone %s to int8 (calibrated on sample photos)", backbone_label(spec))
             return quantize_backbone(fp32, cached, spec, check_images())
-        log.info("Exporting backbone %s to ONNX (once; cached in %s)", spec.name, cached.parent)
+        log.info("Exporting backbone %s to ONNX (once; cached in %s)", backbone_label(spec), cached.parent)
         return export_backbone(spec, cached, backbone=backbone)
 
 

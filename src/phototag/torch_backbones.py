@@ -33,6 +33,8 @@ from .backbone_spec import (  # noqa: E402
     OFFLINE_WEIGHTS,
     BackboneSpec,
     as_spec,
+    backbone_label,
+    pooled_strides,
 )
 
 
@@ -63,6 +65,42 @@ class Backbone(nn.Module):
     def transform(self, *, train: bool = False) -> Callable:
         """PIL image -> normalised tensor, following :attr:`spec`. See :func:`build_transform`."""
         return build_transform(self.spec, train=train)
+
+
+class PooledStages(nn.Module):
+    """A timm model's pooled features followed by the average-pooled feature maps of earlier stages.
+
+    ``(batch, 3, H, W)`` -> ``(batch, num_features + sum of the stages' channels)``, with timm's
+    ``forward_intermediates`` (the stages are ``model.feature_info`` entries, chosen by stride). Earlier stages
+    keep more of texture and layout (sky, grass, water), which the last layer, trained to name ImageNet objects,
+    partly discards. The leading ``num_features`` columns are the model's own pooled features, so its ImageNet
+    classifier still reads them.
+    """
+
+    def __init__(self, model: nn.Module, strides: list[int], label: str):
+        super().__init__()
+        info = getattr(model, "feature_info", None)
+        reductions = [int(f["reduction"]) for f in info] if info is not None else []
+        if not hasattr(model, "forward_intermediates") or not reductions:
+            raise ValueError(f"Backbone '{label}': this timm model cannot give earlier feature maps; drop the '+s'.")
+        missing = [s for s in strides if s not in reductions]
+        if missing:
+            raise ValueError(
+                f"Backbone '{label}': no feature map at stride {missing[0]}; this model has strides "
+                f"{', '.join(map(str, sorted(set(reductions))))}."
+            )
+        # The deepest stage of each requested stride (timm lists one per reduction).
+        self.indices = [max(i for i, r in enumerate(reductions) if r == s) for s in strides]
+        self.model = model
+        self.num_features = int(model.num_features) + sum(int(info[i]["num_chs"]) for i in self.indices)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        final, stages = self.model.forward_intermediates(images, indices=self.indices)
+        pooled = self.model.forward_head(final, pre_logits=True)
+        return torch.cat([pooled, *(stage.mean(dim=(2, 3)) for stage in stages)], dim=1)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(images)
 
 
 def offline_weights_path(name: str) -> Path:
@@ -178,6 +216,8 @@ def create_backbone(spec: BackboneSpec | str | None = None, **overrides: Any) ->
         )
     model.eval()
     spec = _resolve_preprocessing(spec, model, defaults)
+    if pooled_strides(spec):
+        model = PooledStages(model, pooled_strides(spec), backbone_label(spec)).eval()
     return Backbone(spec, model, classifier).eval()
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backbone_spec import parse_backbone_name
 from ..imagenet_keywords import load_mapping
 from .base import MissingInputError, TaggingMethod, register_method
 
@@ -56,12 +57,14 @@ def class_probabilities(
     """ImageNet class probabilities ``(n, 1000)``: the mean over backbones of softmax(features Wᵀ + b).
 
     Args:
-        features: backbone name -> ``(n, d)`` pooled features.
+        features: backbone name -> ``(n, d)`` pooled features. A name with pooled earlier stages
+            (``efficientnet_lite1+s16``) gives wider features whose leading ``d`` columns are the classifier's input.
         classifiers: backbone name -> ``(weight (1000, d), bias (1000,))``.
     """
     total = None
     for name, (weight, bias) in classifiers.items():
-        probs = softmax(np.asarray(features[name], dtype=np.float32) @ weight.T + bias)
+        pooled = np.asarray(features[name], dtype=np.float32)[:, : weight.shape[1]]
+        probs = softmax(pooled @ weight.T + bias)
         total = probs if total is None else total + probs
     return total / len(classifiers)
 
@@ -170,7 +173,8 @@ class ImageNetTagger(TaggingMethod):
         self.classifiers_ = self._read_classifiers(cfg.backbones)
         for backbone, features in self._features(inputs).items():
             expected = self.classifiers_[backbone][0].shape[1]
-            if features.shape[1] != expected:
+            wider = bool(parse_backbone_name(backbone)[1]) and features.shape[1] > expected  # + earlier stages
+            if features.shape[1] != expected and not wider:
                 raise ValueError(
                     f"Features of backbone '{backbone}' have {features.shape[1]} dimensions; its ImageNet classifier "
                     f"expects {expected}. Give the pooled features of that backbone."
