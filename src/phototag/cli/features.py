@@ -32,10 +32,11 @@ def compute_dataset_features(args: argparse.Namespace):
 
 
 def cmd_features(args: argparse.Namespace) -> int:
+    from ..backbone_spec import backbone_label
     from ..images import describe_failures
 
     paths, stores, failures = compute_dataset_features(args)
-    names = ", ".join(store.spec.name for store in stores)
+    names = ", ".join(backbone_label(store.spec) for store in stores)
     print(
         f"Features of {len(paths) - len(failures)} of {len(paths)} photos ({names}) are in the feature store "
         f"{stores[0].dir.parent}"
@@ -61,7 +62,10 @@ def register(subparsers) -> None:
         action="append",
         default=None,
         metavar="NAME",
-        help="timm backbone name (repeatable; default efficientnet_lite0, the default for training)",
+        help=(
+            "timm backbone name, optionally with +sN for earlier stages (efficientnet_lite1+s16); repeatable; "
+            "default efficientnet_lite0, the default for training"
+        ),
     )
     p.add_argument("--split", choices=("train", "val", "test"), default=None, help="only this split (default all)")
     add_run_options(p)
