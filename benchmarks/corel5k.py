@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             fit_s = time.perf_counter() - start
         n_train = model.info["n_train"]
-        label = method if method in ("cnn", "ensemble") else f"{method} ({args.backbone})"
+        reads = model.method.feature_backbones() if "backbone_features" in model.method.data_keys else None
+        label = method if method in ("cnn", "ensemble") else f"{method} ({' + '.join(reads or [args.backbone])})"
         if method == "cnn":
             label = cnn_label(model)
         if method == "ensemble":
@@ -205,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
                 **result,
             }
         )
+        if model.method.rank_offset() is not None:  # balanced top-5 decisions (--balanced); only @5 metrics change
+            balanced = evaluate(
+                model, dataset, split="test", k=5, cache_dir=args.cache_dir, progress=False, balanced=True
+            )
+            rows.append({**rows[-1], **balanced, "method": f"{label}, balanced top 5"})
     width = max(len(name) for name in PUBLISHED) + 24
     width = max(width, *(len(row["method"]) + 1 for row in rows))
     header = (

@@ -236,8 +236,9 @@ class TagModel:
         offset = self.method.rank_offset()
         if offset is None and balanced:
             raise ValueError(
-                f"This '{self.method.name}' model has no balancing offsets for balanced top-k decisions. Train an "
-                "ensemble with --set balance=P (P > 0, e.g. 0.25), or leave balanced off."
+                f"This '{self.method.name}' model has no balancing offsets for balanced top-k decisions. Train a "
+                "2pknn model (it fits them by default) or an ensemble with --set balance=P (P > 0, e.g. 0.25), or "
+                "leave balanced off."
             )
         return offset
 

@@ -130,8 +130,8 @@ def add_balanced_option(parser: argparse.ArgumentParser) -> None:
         "--balanced",
         action="store_true",
         default=None,
-        help="top-k: rank by the model's balancing offsets, so rare tags get their share (ensembles trained with "
-        "--set balance=P; the default model has them)",
+        help="top-k: rank by the model's balancing offsets, so rare tags get their share (2pknn models, ensembles "
+        "trained with --set balance=P; the default model has them)",
     )
 
 

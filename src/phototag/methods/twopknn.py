@@ -24,8 +24,16 @@ Deviations from the paper (see docs/knn_methods.md):
   index computes), from which each tag's ``K1`` best carriers are picked; 260 separate small faiss searches cost
   about ten times more in call overhead on Corel5k. ``tagprop`` uses the faiss index (one search per chunk).
 
+Features: by default the pooled features of EfficientNet-Lite1 and Lite2 side by side (``backbones``, read as
+``"backbone_features"``; one block each); ``backbones=[]`` votes on the model's own backbone (``"features"``).
+
+Balanced decisions (not in the paper): with ``balance`` > 0, per-tag logit offsets are fitted on leave-one-out
+scores of the training images so that each tag lands in a top ``balance_k`` about as often as its count to the
+power ``balance`` (:func:`phototag.calibration.tag_balance_offsets`); :meth:`rank_offset` gives them to balanced
+top-k decisions (``--balanced``). Scores are unchanged.
+
 Online update: new images join the memory and the semantic neighbourhoods of their tags at once (new tags get
-one); learned weights are kept.
+one); learned weights and balancing offsets are kept (a new tag gets the median offset).
 """
 
 from __future__ import annotations
