@@ -79,23 +79,3 @@ def test_shipped_default_backbones_are_found_without_export(tmp_path):
     spec = resolve_spec("efficientnet_lite2")
     assert backbone_graph(spec, RunOptions(cache_dir=tmp_path)).parent == folder
     assert not (tmp_path / "onnx").exists()  # nothing exported
-
-
-def test_a_plain_backbone_runs_on_the_graph_with_earlier_stages(backbone, tmp_path):
-    """Without its own graph, a plain offline backbone uses a graph of the same backbone with pooled earlier stages
-    (as the default model ships them) and reads its leading columns: its own pooled features, no export needed."""
-    from phototag.preprocess import preprocess
-    from phototag.runtime import check_images, export_backbone
-
-    folder = tmp_path / "shipped"
-    wider_spec = resolve_spec("efficientnet_lite0+s16")
-    export_backbone(wider_spec, folder / onnx_file_name(wider_spec))
-    options = RunOptions(cache_dir=tmp_path / "cache")
-    plain = load_backbone(backbone.spec, options, search=[folder])
-    assert plain.path == folder / onnx_file_name(wider_spec) and plain.num_features == 1280
-    assert not (tmp_path / "cache" / "onnx").exists()  # nothing exported
-    wider = load_backbone(wider_spec, options, search=[folder])
-    batch = np.stack([preprocess(backbone.spec, im) for im in check_images()])
-    full = wider(batch)
-    assert full.shape[1] == 1280 + 112
-    np.testing.assert_array_equal(plain(batch), full[:, :1280])

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .backbone_spec import RESOLVED_OFFLINE, backbone_label, pooled_strides
+from .backbone_spec import backbone_label
 from .backbones import BackboneSpec, resolve_spec
 from .errors import EnvironmentProblem, MissingDependencyError
 from .fileio import atomic_write_bytes
@@ -306,43 +306,11 @@ class OnnxBackbone:
         self.input_name = self.session.get_inputs()[0].name
         width = self.session.get_outputs()[0].shape[-1]
         self.num_features = int(width) if isinstance(width, int) else None
-        # A plain backbone served by its graph with pooled earlier stages (shipped_wider_graph) reads its leading
-        # columns, which are exactly its own pooled features.
-        self.columns = plain_width(spec)
-        if self.columns is not None and self.num_features is not None and self.num_features > self.columns:
-            self.num_features = self.columns
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-        if self.columns is not None and out.shape[1] > self.columns:
-            out = out[:, : self.columns]
         self.num_features = out.shape[1]
         return out.astype(np.float32, copy=False)
-
-
-#: Earlier-stage strides a shipped graph may add (the default model's backbones are ``efficientnet_lite1/2+s16``).
-SHIPPED_STRIDES: tuple[tuple[int, ...], ...] = ((16,),)
-
-
-def plain_width(spec: BackboneSpec) -> int | None:
-    """The width of a plain offline backbone's pooled features (``None`` for other specs)."""
-    if pooled_strides(spec) or spec.name not in RESOLVED_OFFLINE:
-        return None
-    return int(RESOLVED_OFFLINE[spec.name]["num_features"])
-
-
-def shipped_wider_graph(spec: BackboneSpec, precision: str, folders: Iterable[str | os.PathLike]) -> Path | None:
-    """A graph in ``folders`` of the same plain offline backbone with pooled earlier stages, whose leading columns
-    are ``spec``'s features (so a plain Lite1 or Lite2 runs without PyTorch on the default model's graphs)."""
-    if plain_width(spec) is None:
-        return None
-    for strides in SHIPPED_STRIDES:
-        wider = dataclasses.replace(spec, extra={**spec.extra, "pooled_strides": list(strides)})
-        for folder in folders:
-            candidate = Path(folder) / onnx_file_name(wider, precision)
-            if candidate.is_file():
-                return candidate
-    return None
 
 
 _SESSIONS: dict[tuple, OnnxBackbone] = {}
@@ -371,9 +339,6 @@ def backbone_graph(
     cached = cache_root(options.cache_dir) / "onnx" / name
     if cached.is_file():
         return cached
-    wider = shipped_wider_graph(spec, options.precision, [*search, shipped])
-    if wider is not None:
-        return wider
     try:
         from .torch_backbones import require_torch
 
@@ -409,7 +374,7 @@ def load_backbone(
     options = options or RunOptions()
     spec = resolve_spec(spec)
     path = backbone_graph(spec, options, search=search, backbone=backbone)
-    key = (str(path), plain_width(spec), options.device, options.threads)  # one graph may serve two widths
+    key = (str(path), options.device, options.threads)
     with _LOCK:
         if key not in _SESSIONS:
             _SESSIONS[key] = OnnxBackbone(spec, path, options)
