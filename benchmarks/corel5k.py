@@ -34,6 +34,7 @@ from pathlib import Path
 
 from phototag.data import Dataset
 from phototag.importers import run_importer
+from phototag.methods import create_method
 from phototag.pipeline import evaluate, train
 
 COMBINERS = ("average", "vote", "union", "intersection", "stacker")
@@ -168,11 +169,12 @@ def main(argv: list[str] | None = None) -> int:
             model = trained_model(trained[method], method, dataset, seed=args.seed)
             fit_s = model.info["train_seconds"]
         else:
+            reads_backbone = "features" in create_method(method, settings.get(method)).data_keys
             model = train(
                 dataset,
                 method=method,
                 config=settings.get(method),
-                backbone=args.backbone,
+                backbone=args.backbone if reads_backbone else None,
                 cache_dir=args.cache_dir,
                 out=args.work / "models" / f"{method}-{args.backbone}",
                 seed=args.seed,

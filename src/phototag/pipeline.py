@@ -138,7 +138,13 @@ def train(
     elif backbone is not None:
         raise ValueError(
             f"--backbone applies to methods on one backbone's features; method '{name}' does not read them"
-            + (" (ensemble members name theirs: 'mlp@efficientnet_lite1')." if name == "ensemble" else ".")
+            + (
+                " (ensemble members name theirs: 'mlp@efficientnet_lite1')."
+                if name == "ensemble"
+                else f" (it reads {', '.join(tagger.feature_backbones())}; its settings say which)."
+                if tagger.feature_backbones()
+                else "."
+            )
         )
     train_inputs, train_ok = records_inputs(
         ds, train_records, tagger, backbone_spec=spec, options=options, what="training images"
