@@ -69,7 +69,8 @@ def run(method: str, config: dict, data: dict) -> dict:
     """Fit on the arrays (``backbones`` off: the features are already joined, one block per backbone) and score
     each split; with balancing offsets, the balanced top-5 too (``val_balanced``, ``test_balanced``)."""
     start = time.perf_counter()
-    config = {"backbones": [], "balance": 0.0} | config if method == "2pknn" else config
+    if method in ("2pknn", "tagprop"):
+        config = {"backbones": []} | ({"balance": 0.0} if method == "2pknn" else {}) | config
     tagger = create_method(method, config).fit({"features": data["x_train"]}, data["y_train"], progress=False)
     fit_s = time.perf_counter() - start
     out = {"config": config, "fit_seconds": round(fit_s, 1)}

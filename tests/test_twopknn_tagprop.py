@@ -67,7 +67,7 @@ def test_tagprop_learning_increases_the_training_likelihood():
     x, y = clustered_features(n=150, n_tags=5, dim=12, seed=3)
     learned = {}
     for weighting in ("distance", "rank"):
-        method = create_method("tagprop", k=20, weighting=weighting, sigmoid=False, init_weight=1.0)
+        method = create_method("tagprop", k=20, weighting=weighting, sigmoid=False, init_weight=1.0, backbones=[])
         method.fit({"features": x}, y, progress=False)
         memory = method.memory_
         bank = memory.vectors()
@@ -81,7 +81,7 @@ def test_tagprop_learning_increases_the_training_likelihood():
         assert after > before + 0.1, weighting
         learned[weighting] = after
     # σML: the per-word sigmoids raise it further.
-    sigml = create_method("tagprop", k=20).fit({"features": x}, y, progress=False)
+    sigml = create_method("tagprop", k=20, backbones=[]).fit({"features": x}, y, progress=False)
     assert sigml.train_log_likelihood_ > learned["distance"]
 
 
@@ -119,7 +119,7 @@ def test_likelihood_gradients_match_finite_differences(mode):
 @pytest.mark.parametrize("name", ["2pknn", "tagprop"])
 def test_update_adds_images_and_a_new_tag(name, tmp_path):
     x, y = clustered_features(n=120, n_tags=3, dim=8, seed=1)
-    method = create_method(name, {"k": 20} if name == "tagprop" else {"backbones": []})
+    method = create_method(name, {"k": 20, "backbones": []} if name == "tagprop" else {"backbones": []})
     method.fit({"features": x}, y, progress=False)
     rng = np.random.default_rng(2)
     far = np.full(8, 6.0, np.float32)
@@ -174,7 +174,7 @@ def test_bad_settings_are_refused():
             {"backbone_features": {"efficientnet_lite1": x, "efficientnet_lite2": x}}, y
         )
     with pytest.raises(ValueError, match="tagprop weighting must be one of"):
-        create_method("tagprop", weighting="softmax").fit({"features": x}, y)
+        create_method("tagprop", weighting="softmax", backbones=[]).fit({"features": x}, y)
 
 
 @pytest.mark.slow
@@ -186,8 +186,9 @@ def test_real_corel5k_subset(corel5k_features):
     x_train, y_train = features[train_rows], targets[train_rows]
     x_test, y_test = features[test_rows], targets[test_rows]
     results = {}
-    # 2pknn's defaults vote on Lite1 + Lite2; on these Lite0 features, the settings chosen for Lite0 (knn_methods.md).
-    lite0 = {"2pknn": {"backbones": [], "k1": 5, "weight": 20.0}}
+    # 2pknn's and tagprop's defaults vote on Lite1 + Lite2; on these Lite0 features, the settings chosen for Lite0
+    # (knn_methods.md).
+    lite0 = {"2pknn": {"backbones": [], "k1": 5, "weight": 20.0}, "tagprop": {"backbones": []}}
     for name in ("knn", "2pknn", "tagprop"):
         method = create_method(name, lite0.get(name, {})).fit({"features": x_train}, y_train, progress=False)
         results[name] = evaluate_scores(y_test, method.score({"features": x_test}), k=5)
@@ -197,7 +198,8 @@ def test_real_corel5k_subset(corel5k_features):
         assert results[name]["tag@5_n_plus"] > 70, name
 
 
-def test_2pknn_joins_the_named_backbones(tmp_path):
+@pytest.mark.parametrize("name", ["2pknn", "tagprop"])
+def test_neighbour_voting_joins_the_named_backbones(name, tmp_path):
     """backbones: the named backbones' features side by side, one block each; the same votes as the joined array
     with those blocks given by hand. The model reads them as backbone_features, keeps them after loading, and
     says which are missing; a model saved before the setting reads its own backbone."""
@@ -206,12 +208,13 @@ def test_2pknn_joins_the_named_backbones(tmp_path):
     x, y = clustered_features(n=120, n_tags=4, dim=16, seed=3)
     other = np.random.default_rng(3).normal(size=(120, 6)).astype(np.float32)
     names = ["efficientnet_lite1", "efficientnet_lite2"]
-    method = create_method("2pknn", backbones=names, balance=0.0)
+    settings = {"balance": 0.0} if name == "2pknn" else {"k": 20}
+    method = create_method(name, backbones=names, **settings)
     assert method.data_keys == ("backbone_features",) and method.feature_backbones() == names
     inputs = {"backbone_features": {names[0]: x, names[1]: other}}
     method.fit(inputs, y, progress=False)
     joined = np.concatenate([x, other], axis=1)
-    by_hand = create_method("2pknn", backbones=[], blocks=[16, 6], balance=0.0).fit({"features": joined}, y)
+    by_hand = create_method(name, backbones=[], blocks=[16, 6], **settings).fit({"features": joined}, y)
     np.testing.assert_allclose(method.score(inputs), by_hand.score({"features": joined}), rtol=1e-6, atol=1e-7)
     vocab = TagVocabulary().fit([["t0", "t1", "t2", "t3"]])
     TagModel(method, vocab).save(tmp_path / "model")
@@ -223,10 +226,11 @@ def test_2pknn_joins_the_named_backbones(tmp_path):
     TagModel(by_hand, vocab).save(tmp_path / "older")
     header_file = tmp_path / "older" / "phototag_model.json"
     header = json.loads(header_file.read_text())
-    del header["config"]["backbones"], header["config"]["balance"]
+    del header["config"]["backbones"]
+    header["config"].pop("balance", None)
     header_file.write_text(json.dumps(header))
     older = TagModel.load(tmp_path / "older").method
-    assert older.data_keys == ("features",) and older.config.balance == 0.0
+    assert older.data_keys == ("features",) and older.rank_offset() is None
     np.testing.assert_array_equal(older.score({"features": joined}), by_hand.score({"features": joined}))
 
 

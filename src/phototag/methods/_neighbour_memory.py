@@ -4,6 +4,7 @@ growth, compact state. numpy/scipy/faiss only (no PyTorch)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -126,6 +127,28 @@ def joined_features(
     if any(p.ndim != 2 or len(p) != len(parts[0]) for p in parts):
         raise ValueError(f"backbone_features must be (n_images, d) arrays with {len(parts[0])} rows each.")
     return np.concatenate(parts, axis=1), [p.shape[1] for p in parts]
+
+
+class JoinedBackbones:
+    """For the neighbour-voting methods (``2pknn``, ``tagprop``): a ``backbones`` setting naming the backbones whose
+    pooled features are joined, one block each (read as ``"backbone_features"``), or ``[]`` for the model's own
+    backbone (``"features"``, split by the ``blocks`` setting). Mixed in before :class:`TaggingMethod`."""
+
+    def __init__(self, config: Any = None, **overrides: Any):
+        super().__init__(config, **overrides)
+        if self.config.backbones:  # per instance, as refine does: the named backbones come as backbone_features
+            self.data_keys = ("backbone_features",)
+
+    def feature_backbones(self) -> list[str]:
+        """The backbones whose joined features the votes compare (``backbones``)."""
+        return list(self.config.backbones)
+
+    def _features(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, list[int] | None]:
+        """The features to vote with and their block sizes (``None`` = one block)."""
+        if self.config.backbones and self.config.blocks:
+            raise ValueError(f"{self.name}: set blocks (for the model backbone's features) or backbones, not both.")
+        features, blocks = joined_features(self, inputs, self.config.backbones)
+        return features, blocks if blocks is not None else (self.config.blocks or None)
 
 
 def append_update(

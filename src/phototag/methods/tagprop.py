@@ -23,6 +23,9 @@ Deviations from the paper, all documented in docs/knn_methods.md:
 - Neighbours are found by exact inner-product search (faiss) with the equal-weight distance (mean of the block
   distances); the learned weights only change how those ``K`` neighbours vote, as in the paper.
 
+Features: by default the pooled features of EfficientNet-Lite1 and Lite2 side by side (``backbones``, read as
+``"backbone_features"``; one block each, as for ``2pknn``); ``backbones=[]`` votes on the model's own backbone.
+
 Online update: new images join the memory and vote at once; the learned weights are kept; a brand-new tag gets
 the median of the learned sigmoids (its photos have not been seen by the likelihood).
 """
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ._neighbour_memory import NeighbourMemory, append_update
+from ._neighbour_memory import JoinedBackbones, NeighbourMemory, append_update
 from ._neighbour_vote import (
     VoteLikelihood,
     distance_weights,
@@ -52,11 +55,14 @@ WEIGHTINGS = ("distance", "rank")
 
 @dataclass
 class TagPropConfig:
-    # Defaults chosen on Corel5k validation photos with lite0 features (docs/knn_methods.md); the paper used K = 200.
+    # Defaults chosen on Corel5k validation photos (docs/knn_methods.md); the paper used K = 200.
     k: int = 50  # neighbours that vote
     weighting: str = "rank"  # "rank": a learned weight per neighbour rank; "distance": softmax(-w·d), w per block
     sigmoid: bool = True  # per-tag sigmoid modulation (σML); False = the linear model eps + (1 - 2 eps) x
-    blocks: list[int] = field(default_factory=list)  # feature block sizes (e.g. one per backbone); [] = one block
+    # Backbones whose pooled features are joined (one block each), read as "backbone_features"; [] = the model's
+    # own backbone ("features"), split by `blocks`.
+    backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite1", "efficientnet_lite2"])
+    blocks: list[int] = field(default_factory=list)  # block sizes of the model backbone's features; [] = one block
     standardize: bool = True  # standardise each feature dimension (training mean/std) before L2 normalising
     init_weight: float = 10.0  # starting w of the distance weighting (per block)
     eps: float = 1e-5  # probability floor of the linear model
@@ -70,7 +76,7 @@ class TagPropConfig:
 
 
 @register_method("tagprop")
-class TagPropTagger(TaggingMethod):
+class TagPropTagger(JoinedBackbones, TaggingMethod):
     """TagProp: neighbour votes with learned rank- or distance-based weights and per-tag sigmoids (σML).
 
     Scores are the model's tag probabilities in [0, 1].
@@ -80,6 +86,8 @@ class TagPropTagger(TaggingMethod):
     Config = TagPropConfig
     data_keys = ("features",)
     supports_update = True
+    #: Models saved before the setting voted on the model's backbone.
+    saved_defaults = {"backbones": []}
 
     def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
         n = self.check_inputs(inputs)
@@ -91,8 +99,8 @@ class TagPropTagger(TaggingMethod):
             raise ValueError(f"tagprop weighting must be one of {WEIGHTINGS}. Got '{cfg.weighting}' instead.")
         if n < 2:
             raise ValueError(f"tagprop needs at least 2 training images. Got {n}.")
-        features = np.asarray(inputs["features"], dtype=np.float32)
-        self.memory_ = NeighbourMemory.fit(features, targets, cfg.blocks or None, standardize=cfg.standardize)
+        features, blocks = self._features(inputs)
+        self.memory_ = NeighbourMemory.fit(features, targets, blocks, standardize=cfg.standardize)
         rows = np.arange(n)
         if n > cfg.fit_images:
             rows = np.sort(np.random.default_rng(cfg.seed).choice(n, cfg.fit_images, replace=False))
@@ -133,7 +141,7 @@ class TagPropTagger(TaggingMethod):
 
     def update(self, inputs, targets, *, progress=True, tag_names=None):
         """Add the new images to the memory; new tags get the median learned sigmoid."""
-        added = append_update(self, inputs, targets)
+        added = append_update(self, inputs, targets, self._features(inputs)[0])
         if self.alpha_ is not None and added:
             self.alpha_ = np.concatenate([self.alpha_, np.full(added, np.median(self.alpha_))])
             self.beta_ = np.concatenate([self.beta_, np.full(added, np.median(self.beta_))])
@@ -158,7 +166,7 @@ class TagPropTagger(TaggingMethod):
         return out
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        x = self.votes(np.asarray(inputs["features"], np.float32))
+        x = self.votes(self._features(inputs)[0])
         if self.alpha_ is None:
             return self.config.eps + (1 - 2 * self.config.eps) * x
         return sigmoid(self.alpha_ * x + self.beta_)

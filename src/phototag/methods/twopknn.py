@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..calibration import tag_balance_offsets
-from ._neighbour_memory import NeighbourMemory, append_update, joined_features
+from ._neighbour_memory import JoinedBackbones, NeighbourMemory, append_update
 from ._neighbour_vote import VoteLikelihood, distance_weights, label_pairs, tag_neighbourhoods, vote
 from .base import TaggingMethod, register_method
 
@@ -74,7 +74,7 @@ class TwoPassKNNConfig:
 
 
 @register_method("2pknn")
-class TwoPassKNNTagger(TaggingMethod):
+class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
     """2PKNN: each tag's K1 nearest training images form a balanced neighbourhood that votes with exp(-w·d).
 
     Scores lie in [0, 1] (the weighted share of the neighbourhood carrying the tag).
@@ -87,19 +87,6 @@ class TwoPassKNNTagger(TaggingMethod):
     #: Models saved before these settings voted on the model's backbone and fitted no offsets.
     saved_defaults = {"backbones": [], "balance": 0.0}
 
-    def __init__(self, config: Any = None, **overrides: Any):
-        super().__init__(config, **overrides)
-        if self.config.backbones:  # per instance, as refine does: the named backbones come as backbone_features
-            self.data_keys = ("backbone_features",)
-
-    def feature_backbones(self) -> list[str]:
-        """The backbones whose joined features the votes compare (``backbones``)."""
-        return list(self.config.backbones)
-
-    def _features(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, list[int] | None]:
-        features, blocks = joined_features(self, inputs, self.config.backbones)
-        return features, blocks if blocks is not None else (self.config.blocks or None)
-
     def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
         n = self.check_inputs(inputs)
         targets = self.check_targets(targets, n)
@@ -110,8 +97,6 @@ class TwoPassKNNTagger(TaggingMethod):
             raise ValueError(f"2pknn weight must be >= 0. Got {cfg.weight} instead.")
         if cfg.balance < 0 or cfg.balance_k < 1:
             raise ValueError(f"2pknn balance must be >= 0 and balance_k >= 1. Got {cfg.balance} and {cfg.balance_k}.")
-        if cfg.backbones and cfg.blocks:
-            raise ValueError("2pknn: set blocks (for the model backbone's features) or backbones, not both.")
         if not targets.any():
             raise ValueError("2pknn needs training images with tags; every target row is empty.")
         features, blocks = self._features(inputs)
