@@ -10,7 +10,7 @@ import numpy as np
 from scipy import sparse
 
 from ..neighbors import ExactIndex, FeatureScaler
-from .base import MissingInputError, TaggingMethod
+from .base import TaggingMethod
 
 
 class NeighbourMemory:
@@ -105,30 +105,6 @@ class NeighbourMemory:
         return cls(scaler, arrays["bank"], labels)
 
 
-def joined_features(
-    method: TaggingMethod, inputs: Mapping[str, object], backbones: Sequence[str]
-) -> tuple[np.ndarray, list[int] | None]:
-    """What a neighbour-voting method votes with, and its feature blocks: the model backbone's ``"features"``
-    (blocks ``None``: the method's own ``blocks`` setting applies), or with ``backbones`` named, those backbones'
-    pooled features from ``"backbone_features"`` side by side, one block per backbone."""
-    if not backbones:
-        x = np.asarray(inputs["features"], np.float32)
-        if x.ndim != 2:
-            raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {x.shape} instead.")
-        return x, None
-    given = inputs.get("backbone_features") or {}
-    missing = [b for b in backbones if b not in given]
-    if missing:
-        raise MissingInputError(
-            f"Method '{method.name}' needs input 'backbone_features' with the pooled features of "
-            f"{', '.join(missing)} (its backbones setting). Got {sorted(given)}."
-        )
-    parts = [np.asarray(given[b], np.float32) for b in backbones]
-    if any(p.ndim != 2 or len(p) != len(parts[0]) for p in parts):
-        raise ValueError(f"backbone_features must be (n_images, d) arrays with {len(parts[0])} rows each.")
-    return np.concatenate(parts, axis=1), [p.shape[1] for p in parts]
-
-
 class JoinedBackbones:
     """For the neighbour-voting methods (``2pknn``, ``tagprop``): a ``backbones`` setting naming the backbones whose
     pooled features are joined, one block each (read as ``"backbone_features"``), or ``[]`` for the model's own
@@ -136,6 +112,8 @@ class JoinedBackbones:
 
     def __init__(self, config: Any = None, **overrides: Any):
         super().__init__(config, **overrides)
+        if self.config.backbones and self.config.blocks:
+            raise ValueError(f"{self.name}: set blocks (for the model backbone's features) or backbones, not both.")
         if self.config.backbones:  # per instance, as refine does: the named backbones come as backbone_features
             self.data_keys = ("backbone_features",)
 
@@ -144,11 +122,15 @@ class JoinedBackbones:
         return list(self.config.backbones)
 
     def _features(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, list[int] | None]:
-        """The features to vote with and their block sizes (``None`` = one block)."""
-        if self.config.backbones and self.config.blocks:
-            raise ValueError(f"{self.name}: set blocks (for the model backbone's features) or backbones, not both.")
-        features, blocks = joined_features(self, inputs, self.config.backbones)
-        return features, blocks if blocks is not None else (self.config.blocks or None)
+        """The features to vote with and their block sizes (``None`` = one block): the named backbones' side by
+        side, one block each, or the model backbone's ``"features"`` split by ``blocks``."""
+        if self.config.backbones:
+            parts = self.backbone_blocks(inputs, self.config.backbones, "its backbones setting")
+            return np.concatenate(parts, axis=1), [p.shape[1] for p in parts]
+        x = np.asarray(inputs["features"], np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {x.shape} instead.")
+        return x, self.config.blocks or None
 
 
 def append_update(

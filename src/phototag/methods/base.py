@@ -147,6 +147,25 @@ class TaggingMethod(ABC):
             raise ValueError(f"Inputs of method '{self.name}' have different numbers of images: {lengths}.")
         return next(iter(lengths.values())) if lengths else 0
 
+    def backbone_blocks(
+        self, inputs: Mapping[str, Any], names: Sequence[str], setting: str, n_rows: int | None = None
+    ) -> list[np.ndarray]:
+        """The pooled features of the backbones ``names`` (named by the method's ``setting``) from the
+        ``"backbone_features"`` input, as float32 ``(n, d)`` arrays with the same number of rows (``n_rows`` when
+        given); a one-line error names what is missing."""
+        given = inputs.get("backbone_features") or {}
+        missing = [b for b in names if b not in given]
+        if missing:
+            raise MissingInputError(
+                f"Method '{self.name}' needs input 'backbone_features' with the pooled features of "
+                f"{', '.join(missing)} ({setting}). Got {sorted(given)}."
+            )
+        blocks = [np.asarray(given[b], dtype=np.float32) for b in names]
+        rows = len(blocks[0]) if n_rows is None else n_rows
+        if any(b.ndim != 2 or len(b) != rows for b in blocks):
+            raise ValueError(f"backbone_features must be (n_images, d) arrays with {rows} rows each.")
+        return blocks
+
     def check_tag_names(self, tag_names: Sequence[str] | None, n_tags: int) -> list[str]:
         """The vocabulary given to :meth:`fit`, checked against the number of target columns."""
         if tag_names is None:

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ._training import StandardizedNet
-from .base import MissingInputError, RefinesTrainingScores, TaggingMethod, create_method, register_method
+from .base import RefinesTrainingScores, TaggingMethod, create_method, register_method
 from .knn import unit_rows
 
 log = logging.getLogger(__name__)
@@ -143,17 +143,8 @@ class RefineTagger(RefinesTrainingScores, TaggingMethod):
             raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {x.shape} instead.")
         if not self.config.extra_backbones:
             return x
-        given = inputs.get("backbone_features") or {}
-        missing = [b for b in self.config.extra_backbones if b not in given]
-        if missing:
-            raise MissingInputError(
-                f"Method 'refine' needs input 'backbone_features' with the pooled features of {', '.join(missing)} "
-                f"(extra_backbones). Got {sorted(given)}."
-            )
-        blocks = [x, *(np.asarray(given[b], dtype=np.float32) for b in self.config.extra_backbones)]
-        if any(b.ndim != 2 or len(b) != len(x) for b in blocks):
-            raise ValueError(f"backbone_features must be (n_images, d) arrays with {len(x)} rows each.")
-        return np.concatenate([unit_rows(b) for b in blocks], axis=1)
+        extra = self.backbone_blocks(inputs, self.config.extra_backbones, "extra_backbones", n_rows=len(x))
+        return np.concatenate([unit_rows(b) for b in (x, *extra)], axis=1)
 
     def _check_config(self) -> None:
         cfg = self.config

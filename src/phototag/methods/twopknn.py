@@ -116,19 +116,14 @@ class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
         images: each image scored by the two-pass neighbourhood of the others, as a new photo would be."""
         from tqdm.auto import tqdm
 
-        cfg, memory = self.config, self.memory_
+        cfg = self.config
         n = len(targets)
         rows = np.arange(n)
         if n > cfg.balance_images:
             rows = np.sort(np.random.default_rng(cfg.seed).choice(n, cfg.balance_images, replace=False))
-        bank, words = memory.vectors(), memory.members_by_tag()
-        scores = np.empty((len(rows), self.n_tags_))
-        starts = range(0, len(rows), cfg.chunk_size)
-        for start in tqdm(starts, desc="2pknn balancing offsets", disable=not progress, leave=False):
-            chunk = rows[start : start + cfg.chunk_size]
-            nb = tag_neighbourhoods(words, bank[chunk], bank, cfg.k1, memory.scaler.blocks, exclude=chunk)
-            pi = distance_weights(nb, self.weights_)
-            scores[start : start + len(chunk)] = vote(nb, pi, label_pairs(nb, memory.labels), self.n_tags_)
+        bank = self.memory_.vectors()
+        with tqdm(total=len(rows), desc="2pknn balancing offsets", disable=not progress, leave=False) as bar:
+            scores = self._votes(bank[rows], bank, exclude=rows, bar=bar)
         k = min(cfg.balance_k, self.n_tags_)
         return tag_balance_offsets(targets[rows], scores, k=k, power=cfg.balance)
 
@@ -154,27 +149,36 @@ class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
         """Add the new images to the memory and to the semantic neighbourhoods of their tags (new tags included).
         Balancing offsets are kept; a new tag gets the median offset."""
         added = append_update(self, inputs, targets, self._features(inputs)[0])
-        if added and getattr(self, "offsets_", None) is not None:
+        if added and self.offsets_ is not None:
             fill = np.full(added, np.median(self.offsets_), dtype=np.float32)
             self.offsets_ = np.concatenate([self.offsets_, fill])
         return self
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
         memory = self.memory_
-        queries = memory.transform(self._features(inputs)[0])
-        bank = memory.vectors()
+        return self._votes(memory.transform(self._features(inputs)[0]), memory.vectors())
+
+    def _votes(
+        self, queries: np.ndarray, bank: np.ndarray, *, exclude: np.ndarray | None = None, bar: Any = None
+    ) -> np.ndarray:
+        """Both passes for ``queries`` (scaled vectors) against ``bank`` (the memory's vectors), a chunk at a time;
+        ``exclude[i]`` is a bank row left out of query ``i``'s neighbourhood (leave-one-out)."""
+        memory, step = self.memory_, self.config.chunk_size
         words = memory.members_by_tag()
         out = np.empty((len(queries), self.n_tags_))
-        for start in range(0, len(queries), self.config.chunk_size):
-            chunk = queries[start : start + self.config.chunk_size]
-            nb = tag_neighbourhoods(words, chunk, bank, self.config.k1, memory.scaler.blocks)
+        for start in range(0, len(queries), step):
+            chunk = slice(start, start + step)
+            left_out = None if exclude is None else exclude[chunk]
+            nb = tag_neighbourhoods(words, queries[chunk], bank, self.config.k1, memory.scaler.blocks, exclude=left_out)
             pi = distance_weights(nb, self.weights_)
-            out[start : start + len(chunk)] = vote(nb, pi, label_pairs(nb, memory.labels), self.n_tags_)
+            out[chunk] = vote(nb, pi, label_pairs(nb, memory.labels), self.n_tags_)
+            if bar is not None:
+                bar.update(nb.n_queries)
         return out
 
     def get_state(self):
         arrays = self.memory_.get_state() | {"weights": self.weights_}
-        if getattr(self, "offsets_", None) is not None:
+        if self.offsets_ is not None:
             arrays["offsets"] = np.asarray(self.offsets_, np.float32)
         return arrays, {"n_tags": int(self.n_tags_)}
 
