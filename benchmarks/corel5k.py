@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             label = cnn_label(model)
         if method == "ensemble":
             label = f"ensemble [{', '.join(model.method.config.members)}]"
-        timing = {"backbone": args.backbone, "train_seconds": round(fit_s, 1)}
+        timing = {"backbone": " + ".join(reads or [args.backbone]), "train_seconds": round(fit_s, 1)}
         if method == "cnn":
             timing.update(cnn_timing(model))
         timing["train_images_per_s"] = round(n_train / fit_s, 1)

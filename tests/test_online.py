@@ -16,6 +16,7 @@ from phototag.online import update_model
 from phototag.vocab import TagVocabulary
 
 DREL_SYNTHETIC = [
+    "backbones=[]",
     "latent_dim=64",
     "image_hidden=128",
     "tag_hidden=32",
@@ -132,7 +133,7 @@ def test_update_on_corel5k_learns_held_out_words(corel5k_features):
     kept = np.setdiff1d(np.arange(y.shape[1]), held)
     y = np.concatenate([y[:, kept], y[:, held]], axis=1)
     n_old = len(kept)
-    drel = create_method("drel", max_epochs=30, patience=5).fit(
+    drel = create_method("drel", max_epochs=30, patience=5, backbones=[]).fit(
         {"features": x[first]},
         y[first, :n_old],
         val_inputs={"features": x[val]},

@@ -68,7 +68,13 @@ def test_all_triplet_hinge_hand_computed():
 
 def test_drel_paper_preset_learns():
     x, y = clustered_features(n=160, n_tags=4, dim=16, seed=0)
-    config = {**preset_config("drel", "paper"), "epochs_without_val": 15, "latent_dim": 32, "image_hidden": 64}
+    config = {
+        **preset_config("drel", "paper"),
+        "epochs_without_val": 15,
+        "latent_dim": 32,
+        "image_hidden": 64,
+        "backbones": [],
+    }
     method = create_method("drel", **config, lr=1.0).fit({"features": x[:120]}, y[:120], progress=False)
     # DR-EL ranks each photo's tags: nearly perfect per photo on these separable clusters.
     assert mean_image_average_precision(y[120:], method.score({"features": x[120:]})) > 0.95

@@ -14,6 +14,7 @@ from phototag.methods.wsabie import warp_loss
 from phototag.metrics import average_precision, mean_average_precision
 
 SMALL_DREL = {
+    "backbones": [],
     "latent_dim": 32,
     "image_hidden": 64,
     "tag_hidden": 32,
@@ -156,6 +157,10 @@ def test_update_rejects_fewer_columns(task):
 
 def test_drel_rejects_bad_settings():
     with pytest.raises(ValueError, match="tag_init must be one of"):
-        create_method("drel", tag_init="glove").fit({"features": np.ones((4, 2))}, np.eye(4)[:, :2], progress=False)
+        create_method("drel", tag_init="glove", backbones=[]).fit(
+            {"features": np.ones((4, 2))}, np.eye(4)[:, :2], progress=False
+        )
     with pytest.raises(ValueError, match="needs the tag names"):
-        create_method("drel", tag_init="text").fit({"features": np.ones((4, 2))}, np.eye(4)[:, :2], progress=False)
+        create_method("drel", tag_init="text", backbones=[]).fit(
+            {"features": np.ones((4, 2))}, np.eye(4)[:, :2], progress=False
+        )

@@ -1,4 +1,5 @@
-"""``2pknn`` and ``tagprop``: balanced neighbourhoods, learned weights, online updates, exact search, real data."""
+"""``2pknn`` and ``tagprop``: balanced neighbourhoods, learned weights, online updates, exact search, real data;
+and the ``backbones`` setting they share with ``drel``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from phototag.metrics import evaluate_scores
 from phototag.model import TagModel
 from phototag.neighbors import ExactIndex, FeatureScaler
 from phototag.vocab import TagVocabulary
+
+#: A small drel that fits these 120-image tasks in seconds.
+SMALL_DREL = {"max_epochs": 5, "latent_dim": 16, "image_hidden": 32, "tag_hidden": 16, "tag_dim": 8}
 
 
 def unit(angle: float) -> list[float]:
@@ -198,23 +202,24 @@ def test_real_corel5k_subset(corel5k_features):
         assert results[name]["tag@5_n_plus"] > 70, name
 
 
-@pytest.mark.parametrize("name", ["2pknn", "tagprop"])
-def test_neighbour_voting_joins_the_named_backbones(name, tmp_path):
-    """backbones: the named backbones' features side by side, one block each; the same votes as the joined array
-    with those blocks given by hand. The model reads them as backbone_features, keeps them after loading, and
-    says which are missing; a model saved before the setting reads its own backbone."""
+@pytest.mark.parametrize("name", ["2pknn", "tagprop", "drel"])
+def test_methods_join_the_named_backbones(name, tmp_path):
+    """backbones: the named backbones' features side by side, one block each; the same scores as the joined array
+    (with those blocks given by hand where the method has blocks). The model reads them as backbone_features, keeps
+    them after loading, and says which are missing; a model saved before the setting reads its own backbone."""
     from phototag.methods.base import MissingInputError
 
     x, y = clustered_features(n=120, n_tags=4, dim=16, seed=3)
     other = np.random.default_rng(3).normal(size=(120, 6)).astype(np.float32)
     names = ["efficientnet_lite1", "efficientnet_lite2"]
-    settings = {"balance": 0.0} if name == "2pknn" else {"k": 20}
+    settings = {"2pknn": {"balance": 0.0}, "tagprop": {"k": 20}}.get(name, SMALL_DREL)
     method = create_method(name, backbones=names, **settings)
     assert method.data_keys == ("backbone_features",) and method.feature_backbones() == names
     inputs = {"backbone_features": {names[0]: x, names[1]: other}}
     method.fit(inputs, y, progress=False)
     joined = np.concatenate([x, other], axis=1)
-    by_hand = create_method(name, backbones=[], blocks=[16, 6], **settings).fit({"features": joined}, y)
+    blocks = {} if name == "drel" else {"blocks": [16, 6]}
+    by_hand = create_method(name, backbones=[], **blocks, **settings).fit({"features": joined}, y, progress=False)
     np.testing.assert_allclose(method.score(inputs), by_hand.score({"features": joined}), rtol=1e-6, atol=1e-7)
     vocab = TagVocabulary().fit([["t0", "t1", "t2", "t3"]])
     TagModel(method, vocab).save(tmp_path / "model")

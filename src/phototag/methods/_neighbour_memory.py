@@ -4,7 +4,6 @@ growth, compact state. numpy/scipy/faiss only (no PyTorch)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -103,34 +102,6 @@ class NeighbourMemory:
             shape=tuple(int(s) for s in arrays["label_shape"]),
         )
         return cls(scaler, arrays["bank"], labels)
-
-
-class JoinedBackbones:
-    """For the neighbour-voting methods (``2pknn``, ``tagprop``): a ``backbones`` setting naming the backbones whose
-    pooled features are joined, one block each (read as ``"backbone_features"``), or ``[]`` for the model's own
-    backbone (``"features"``, split by the ``blocks`` setting). Mixed in before :class:`TaggingMethod`."""
-
-    def __init__(self, config: Any = None, **overrides: Any):
-        super().__init__(config, **overrides)
-        if self.config.backbones and self.config.blocks:
-            raise ValueError(f"{self.name}: set blocks (for the model backbone's features) or backbones, not both.")
-        if self.config.backbones:  # per instance, as refine does: the named backbones come as backbone_features
-            self.data_keys = ("backbone_features",)
-
-    def feature_backbones(self) -> list[str]:
-        """The backbones whose joined features the votes compare (``backbones``)."""
-        return list(self.config.backbones)
-
-    def _features(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, list[int] | None]:
-        """The features to vote with and their block sizes (``None`` = one block): the named backbones' side by
-        side, one block each, or the model backbone's ``"features"`` split by ``blocks``."""
-        if self.config.backbones:
-            parts = self.backbone_blocks(inputs, self.config.backbones, "its backbones setting")
-            return np.concatenate(parts, axis=1), [p.shape[1] for p in parts]
-        x = np.asarray(inputs["features"], np.float32)
-        if x.ndim != 2:
-            raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {x.shape} instead.")
-        return x, self.config.blocks or None
 
 
 def append_update(

@@ -473,3 +473,32 @@ def _ensure_builtin_methods(*, skip_unimportable: bool = False) -> None:
 
 
 _IMPORTED: set[str] = set()
+
+
+class JoinedBackbones:
+    """For methods on pooled features (``2pknn``, ``tagprop``, ``drel``): a ``backbones`` setting naming the
+    backbones whose pooled features are joined side by side, one block each (read as ``"backbone_features"``), or
+    ``[]`` for the model's own backbone (``"features"``, split by the ``blocks`` setting where the method has one).
+    Mixed in before :class:`TaggingMethod`."""
+
+    def __init__(self, config: Any = None, **overrides: Any):
+        super().__init__(config, **overrides)
+        if self.config.backbones and getattr(self.config, "blocks", None):
+            raise ValueError(f"{self.name}: set blocks (for the model backbone's features) or backbones, not both.")
+        if self.config.backbones:  # per instance, as refine does: the named backbones come as backbone_features
+            self.data_keys = ("backbone_features",)
+
+    def feature_backbones(self) -> list[str]:
+        """The backbones whose joined features the method reads (``backbones``)."""
+        return list(self.config.backbones)
+
+    def _features(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, list[int] | None]:
+        """The features the method reads and their block sizes (``None`` = one block): the named backbones' side by
+        side, one block each, or the model backbone's ``"features"`` split by ``blocks``."""
+        if self.config.backbones:
+            parts = self.backbone_blocks(inputs, self.config.backbones, "its backbones setting")
+            return np.concatenate(parts, axis=1), [p.shape[1] for p in parts]
+        x = np.asarray(inputs["features"], np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {x.shape} instead.")
+        return x, getattr(self.config, "blocks", None) or None

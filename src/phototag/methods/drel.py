@@ -12,6 +12,9 @@ the paper's SGD (``phototag train --method drel --preset paper``). Early stoppin
 At test time ỹᵀM is precomputed for all tags (a ``(n_tags, latent)`` matrix), so scoring an image costs the image
 network plus O(n_tags · latent), independent of the number of training images (kNN's cost grows with it).
 
+Features: by default the pooled features of EfficientNet-Lite1 and Lite2 side by side (``backbones``, read as
+``"backbone_features"``); ``backbones=[]`` reads the model's own backbone (``"features"``).
+
 Beyond the paper: with ``tag_init="text"`` each tag's embedding is its all-MiniLM-L6-v2 text vector (fixed) plus a
 learned offset that starts at 0. A tag never seen in training (offset 0) is then scored from its name alone
 (zero-shot, :meth:`DRELTagger.add_tags`), and :meth:`DRELTagger.update` learns new images and new tags online
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,7 +41,7 @@ from ._ranking import (
     validation_f1,
 )
 from ._training import BestEpoch, StandardizedNet
-from .base import TaggingMethod, register_method
+from .base import JoinedBackbones, TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,9 @@ class DRELConfig:
     update_anchor: float = 1.0  # L2 pull of the old weights toward their pre-update values in update()
     replay_size: int = 512  # training images (features + tags) kept in the model and rehearsed in update(); 0 = none
     seed: int = 0  # seeds initialisation, dropout, sampling and shuffling
+    # Backbones whose pooled features are joined side by side, read as "backbone_features"; [] = the model's own
+    # backbone ("features"). Lite1 + Lite2 measured better on Corel5k validation photos (docs/drel.md).
+    backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite1", "efficientnet_lite2"])
 
 
 class _DRELNet(StandardizedNet):
@@ -123,7 +129,7 @@ def all_triplet_hinge(
 
 
 @register_method("drel")
-class DRELTagger(TaggingMethod):
+class DRELTagger(JoinedBackbones, TaggingMethod):
     """DR-EL: image network and tag network into one space, bilinear score ỹᵀMx̃, pairwise hinge on sampled triplets.
 
     Scores are ``sigmoid(a·s + b)`` of the bilinear score s, with one global (a, b) fitted on the training pairs
@@ -134,6 +140,8 @@ class DRELTagger(TaggingMethod):
     Config = DRELConfig
     data_keys = ("features",)
     supports_update = True
+    #: Models saved before the setting read the model's backbone.
+    saved_defaults = {"backbones": []}
 
     # --- building -----------------------------------------------------------------------------------------------
     def _check_config(self) -> None:
@@ -171,7 +179,7 @@ class DRELTagger(TaggingMethod):
         y = self.check_targets(targets, n)
         cfg = self.config
         names = self.check_tag_names(tag_names, y.shape[1]) if cfg.tag_init == "text" else None
-        x = np.asarray(inputs["features"], dtype=np.float32)
+        x = self._features(inputs)[0]
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         base = self._tag_base(names if names is not None else [""] * y.shape[1])
@@ -183,7 +191,7 @@ class DRELTagger(TaggingMethod):
             net.tag_offset.copy_(self._new_offsets(y.shape[1], generator))
         have_val = val_inputs is not None and val_targets is not None and len(val_targets) > 0
         if have_val:
-            xv = torch.from_numpy(check_features(val_inputs, x.shape[1], "drel"))
+            xv = torch.from_numpy(self._checked(val_inputs, x.shape[1]))
             yv = (np.asarray(val_targets) > 0).astype(np.float32)
         epochs = cfg.max_epochs if have_val else cfg.epochs_without_val
         if cfg.optimizer == "sgd":
@@ -309,7 +317,7 @@ class DRELTagger(TaggingMethod):
             self.add_tags(names, seed=cfg.seed + n_old)
         if len(y) == 0:
             return self
-        x = check_features(inputs, self.n_features_, "drel")
+        x = self._checked(inputs, self.n_features_)
         # Rehearse the kept training images with the new ones; they do not carry the new tags (unknown: 0).
         replay_y = np.pad(self.replay_targets_, ((0, 0), (0, y.shape[1] - self.replay_targets_.shape[1])))
         all_x = np.concatenate([x, self.replay_features_.astype(np.float32)])
@@ -346,9 +354,12 @@ class DRELTagger(TaggingMethod):
             latent = self.net_.embed_images(torch.from_numpy(x)).numpy()
         return latent @ self.tag_matrix_.T
 
+    def _checked(self, inputs: Mapping[str, Any], n_features: int) -> np.ndarray:
+        """The (joined) features of ``inputs``, checked to have ``n_features`` columns."""
+        return check_features({"features": self._features(inputs)[0]}, n_features, "drel")
+
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        x = check_features(inputs, self.n_features_, "drel")
-        return platt(self._raw_scores(x), *self.platt_)
+        return platt(self._raw_scores(self._checked(inputs, self.n_features_)), *self.platt_)
 
     # --- persistence --------------------------------------------------------------------------------------------
     def get_state(self):

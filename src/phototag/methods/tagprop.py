@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ._neighbour_memory import JoinedBackbones, NeighbourMemory, append_update
+from ._neighbour_memory import NeighbourMemory, append_update
 from ._neighbour_vote import (
     VoteLikelihood,
     distance_weights,
@@ -48,7 +48,7 @@ from ._neighbour_vote import (
     sigmoid,
     vote,
 )
-from .base import TaggingMethod, register_method
+from .base import JoinedBackbones, TaggingMethod, register_method
 
 WEIGHTINGS = ("distance", "rank")
 

@@ -45,9 +45,9 @@ from typing import Any
 import numpy as np
 
 from ..calibration import tag_balance_offsets
-from ._neighbour_memory import JoinedBackbones, NeighbourMemory, append_update
+from ._neighbour_memory import NeighbourMemory, append_update
 from ._neighbour_vote import VoteLikelihood, distance_weights, label_pairs, tag_neighbourhoods, vote
-from .base import TaggingMethod, register_method
+from .base import JoinedBackbones, TaggingMethod, register_method
 
 
 @dataclass
