@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corel5k import DEFAULT_DATA, REPO, heldout_dataset  # noqa: E402
+from phototag.backbone_spec import pooled_parts  # noqa: E402
 from phototag.calibration import apply_offsets  # noqa: E402
 from phototag.methods import create_method  # noqa: E402
 from phototag.metrics import evaluate_scores  # noqa: E402
@@ -130,9 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     for part, records in (("train", train_records), ("val", val_records)):
         data[f"x_{part}"] = features_for(dataset, records, args.backbones, args.cache_dir)
         data[f"y_{part}"] = vocab.transform([r.tags for r in records])
-    blocks: list[int] = []
-    if len(args.backbones) > 1:
-        blocks = [features_for(dataset, train_records[:1], [b], args.cache_dir).shape[1] for b in args.backbones]
+    # One block per backbone, and one per earlier stage a "+sN" name pools: what the methods' backbones setting does.
+    blocks = [
+        size
+        for b in args.backbones
+        for size in pooled_parts(b, features_for(dataset, train_records[:1], [b], args.cache_dir).shape[1])
+    ]
+    blocks = blocks if len(blocks) > 1 else []
     label = "+".join(b.replace("efficientnet_", "") for b in args.backbones)
     report: dict = {"backbones": args.backbones, "n_train": len(train_records), "n_val": len(val_records)}
     # Reference: plain knn with its default settings on the same features and validation photos.

@@ -272,3 +272,23 @@ def test_2pknn_balancing_offsets_give_rare_tags_their_share(tmp_path):
     loaded.method.update({"features": x[:3]}, np.ones((3, 3), np.float32), progress=False)
     assert loaded.method.rank_offset().shape == (3,)
     assert loaded.method.rank_offset()[2] == np.median(offsets)
+
+
+def test_pooled_stages_are_blocks_of_their_own():
+    """A "+sN" backbone's features are its last layer, then each pooled earlier stage: each is a block of its own
+    (distances average over them); features of another width are refused by name."""
+    from phototag.backbone_spec import pooled_parts
+
+    assert pooled_parts("efficientnet_lite1+s16", 1392) == [1280, 112]
+    assert pooled_parts("efficientnet_lite2+s8+s16", 1280 + 48 + 120) == [1280, 48, 120]
+    assert pooled_parts("efficientnet_lite1", 1280) == [1280]
+    names = ["efficientnet_lite1+s16", "efficientnet_lite2"]
+    rng = np.random.default_rng(0)
+    inputs = {"backbone_features": {names[0]: rng.normal(size=(40, 1392)), names[1]: rng.normal(size=(40, 1280))}}
+    y = (rng.random((40, 3)) < 0.4).astype(np.float32)
+    method = create_method("2pknn", backbones=names, balance=0.0).fit(inputs, y, progress=False)
+    assert tuple(method.memory_.scaler.blocks) == (1280, 112, 1280)
+    assert method.score(inputs).shape == (40, 3)
+    wrong = {"backbone_features": {names[0]: rng.normal(size=(40, 1280)), names[1]: rng.normal(size=(40, 1280))}}
+    with pytest.raises(ValueError, match=r"'efficientnet_lite1\+s16' have 1280 numbers per photo; it gives 1392"):
+        create_method("2pknn", backbones=names).fit(wrong, y, progress=False)

@@ -7,6 +7,7 @@ serves these names lazily, so ``from phototag.backbones import create_backbone``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +102,25 @@ class PooledStages(nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(images)
+
+
+@functools.lru_cache(maxsize=32)
+def pooled_widths(label: str) -> tuple[int, ...]:
+    """The widths of the parts of backbone ``label``'s pooled features: its last layer's, then one per earlier stage
+    a ``+sN`` name pools, from timm's description of the architecture (no weights are loaded).
+
+    Example:
+        >>> pooled_widths("efficientnet_lite1+s16")
+        (1280, 112)
+    """
+    import timm
+
+    spec = as_spec(label)
+    model = timm.create_model(spec.name, pretrained=False, num_classes=0)
+    if not pooled_strides(spec):
+        return (int(model.num_features),)
+    stages = PooledStages(model, pooled_strides(spec), label)
+    return (int(model.num_features), *(int(model.feature_info[i]["num_chs"]) for i in stages.indices))
 
 
 def offline_weights_path(name: str) -> Path:

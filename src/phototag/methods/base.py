@@ -18,6 +18,8 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from ..backbone_spec import pooled_parts
+
 #: Input names a method may declare, with how a user supplies each (used in error messages).
 INPUT_KEYS: dict[str, str] = {
     "features": "pooled backbone features of the images (built by the pipeline from image files)",
@@ -492,13 +494,22 @@ class JoinedBackbones:
         """The backbones whose joined features the method reads (``backbones``)."""
         return list(self.config.backbones)
 
-    def _features(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, list[int] | None]:
-        """The features the method reads and their block sizes (``None`` = one block): the named backbones' side by
-        side, one block each, or the model backbone's ``"features"`` split by ``blocks``."""
+    def _features(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        """The features the method reads: the named backbones' side by side, or the model backbone's ``"features"``."""
         if self.config.backbones:
-            parts = self.backbone_blocks(inputs, self.config.backbones, "its backbones setting")
-            return np.concatenate(parts, axis=1), [p.shape[1] for p in parts]
+            return np.concatenate(self.backbone_blocks(inputs, self.config.backbones, "its backbones setting"), axis=1)
         x = np.asarray(inputs["features"], np.float32)
         if x.ndim != 2:
             raise ValueError(f"features must be a 2-D array (n_images, d). Got shape {x.shape} instead.")
-        return x, getattr(self.config, "blocks", None) or None
+        return x
+
+    def _features_and_blocks(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, list[int] | None]:
+        """:meth:`_features` and their block sizes (``None`` = one block), for fitting: one block per named
+        backbone, and one more per earlier stage a ``+sN`` name pools (``efficientnet_lite1+s16``: its 1,280
+        pooled numbers, then the 112 of its stride-16 map); or the model backbone's features split by ``blocks``."""
+        if not self.config.backbones:
+            return self._features(inputs), getattr(self.config, "blocks", None) or None
+        names = self.config.backbones
+        parts = self.backbone_blocks(inputs, names, "its backbones setting")
+        blocks = [size for name, part in zip(names, parts, strict=True) for size in pooled_parts(name, part.shape[1])]
+        return np.concatenate(parts, axis=1), blocks

@@ -179,7 +179,7 @@ class DRELTagger(JoinedBackbones, TaggingMethod):
         y = self.check_targets(targets, n)
         cfg = self.config
         names = self.check_tag_names(tag_names, y.shape[1]) if cfg.tag_init == "text" else None
-        x = self._features(inputs)[0]
+        x = self._features(inputs)
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         base = self._tag_base(names if names is not None else [""] * y.shape[1])
@@ -356,7 +356,7 @@ class DRELTagger(JoinedBackbones, TaggingMethod):
 
     def _checked(self, inputs: Mapping[str, Any], n_features: int) -> np.ndarray:
         """The (joined) features of ``inputs``, checked to have ``n_features`` columns."""
-        return check_features({"features": self._features(inputs)[0]}, n_features, "drel")
+        return check_features({"features": self._features(inputs)}, n_features, "drel")
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
         return platt(self._raw_scores(self._checked(inputs, self.n_features_)), *self.platt_)

@@ -23,8 +23,9 @@ Deviations from the paper, all documented in docs/knn_methods.md:
 - Neighbours are found by exact inner-product search (faiss) with the equal-weight distance (mean of the block
   distances); the learned weights only change how those ``K`` neighbours vote, as in the paper.
 
-Features: by default the pooled features of EfficientNet-Lite1 and Lite2 side by side (``backbones``, read as
-``"backbone_features"``; one block each, as for ``2pknn``); ``backbones=[]`` votes on the model's own backbone.
+Features: by default EfficientNet-Lite1's and Lite2's pooled last layers and stride-16 feature maps side by side
+(``backbones``, read as ``"backbone_features"``; four blocks, each with its learned distance weight, as for
+``2pknn``); ``backbones=[]`` votes on the model's own backbone.
 
 Online update: new images join the memory and vote at once; the learned weights are kept; a brand-new tag gets
 the median of the learned sigmoids (its photos have not been seen by the likelihood).
@@ -57,11 +58,11 @@ WEIGHTINGS = ("distance", "rank")
 class TagPropConfig:
     # Defaults chosen on Corel5k validation photos (docs/knn_methods.md); the paper used K = 200.
     k: int = 50  # neighbours that vote
-    weighting: str = "rank"  # "rank": a learned weight per neighbour rank; "distance": softmax(-w·d), w per block
+    weighting: str = "distance"  # "distance": softmax(-w·d), w per block; "rank": a learned weight per neighbour rank
     sigmoid: bool = True  # per-tag sigmoid modulation (σML); False = the linear model eps + (1 - 2 eps) x
-    # Backbones whose pooled features are joined (one block each), read as "backbone_features"; [] = the model's
-    # own backbone ("features"), split by `blocks`.
-    backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite1", "efficientnet_lite2"])
+    # Backbones whose pooled features are joined (one block each, and one per pooled earlier stage of a "+sN" name),
+    # read as "backbone_features"; [] = the model's own backbone ("features"), split by `blocks`.
+    backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite1+s16", "efficientnet_lite2+s16"])
     blocks: list[int] = field(default_factory=list)  # block sizes of the model backbone's features; [] = one block
     standardize: bool = True  # standardise each feature dimension (training mean/std) before L2 normalising
     init_weight: float = 10.0  # starting w of the distance weighting (per block)
@@ -99,7 +100,7 @@ class TagPropTagger(JoinedBackbones, TaggingMethod):
             raise ValueError(f"tagprop weighting must be one of {WEIGHTINGS}. Got '{cfg.weighting}' instead.")
         if n < 2:
             raise ValueError(f"tagprop needs at least 2 training images. Got {n}.")
-        features, blocks = self._features(inputs)
+        features, blocks = self._features_and_blocks(inputs)
         self.memory_ = NeighbourMemory.fit(features, targets, blocks, standardize=cfg.standardize)
         rows = np.arange(n)
         if n > cfg.fit_images:
@@ -141,7 +142,7 @@ class TagPropTagger(JoinedBackbones, TaggingMethod):
 
     def update(self, inputs, targets, *, progress=True, tag_names=None):
         """Add the new images to the memory; new tags get the median learned sigmoid."""
-        added = append_update(self, inputs, targets, self._features(inputs)[0])
+        added = append_update(self, inputs, targets, self._features(inputs))
         if self.alpha_ is not None and added:
             self.alpha_ = np.concatenate([self.alpha_, np.full(added, np.median(self.alpha_))])
             self.beta_ = np.concatenate([self.beta_, np.full(added, np.median(self.beta_))])
@@ -166,7 +167,7 @@ class TagPropTagger(JoinedBackbones, TaggingMethod):
         return out
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        x = self.votes(self._features(inputs)[0])
+        x = self.votes(self._features(inputs))
         if self.alpha_ is None:
             return self.config.eps + (1 - 2 * self.config.eps) * x
         return sigmoid(self.alpha_ * x + self.beta_)

@@ -24,8 +24,10 @@ Deviations from the paper (see docs/knn_methods.md):
   index computes), from which each tag's ``K1`` best carriers are picked; 260 separate small faiss searches cost
   about ten times more in call overhead on Corel5k. ``tagprop`` uses the faiss index (one search per chunk).
 
-Features: by default the pooled features of EfficientNet-Lite1 and Lite2 side by side (``backbones``, read as
-``"backbone_features"``; one block each); ``backbones=[]`` votes on the model's own backbone (``"features"``).
+Features: by default EfficientNet-Lite1's and Lite2's pooled last layers and pooled stride-16 feature maps side by
+side (``backbones`` ``efficientnet_lite1+s16``, ``efficientnet_lite2+s16``, read as ``"backbone_features"``; four
+blocks, one per part, so a distance is the mean of four cosine distances); ``backbones=[]`` votes on the model's own
+backbone (``"features"``).
 
 Balanced decisions (not in the paper): with ``balance`` > 0, per-tag logit offsets are fitted on leave-one-out
 scores of the training images so that each tag lands in a top ``balance_k`` about as often as its count to the
@@ -53,17 +55,17 @@ from .base import JoinedBackbones, TaggingMethod, register_method
 @dataclass
 class TwoPassKNNConfig:
     # Defaults chosen on Corel5k validation photos (docs/knn_methods.md).
-    k1: int = 2  # images per tag in pass 1 (each tag's K1 nearest training images carrying it)
+    k1: int = 1  # images per tag in pass 1 (each tag's K1 nearest training images carrying it)
     weight: float = 40.0  # w in exp(-w·d), d = 1 - cosine in [0, 2]; larger = the nearest images dominate
     metric_learning: bool = False  # learn a weight per feature block by maximum likelihood (2PKNN-ML, simplified)
-    # Backbones whose pooled features are joined (one block each), read as "backbone_features"; [] = the model's
-    # own backbone ("features"), split by `blocks`.
-    backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite1", "efficientnet_lite2"])
+    # Backbones whose pooled features are joined (one block each, and one per pooled earlier stage of a "+sN" name),
+    # read as "backbone_features"; [] = the model's own backbone ("features"), split by `blocks`.
+    backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite1+s16", "efficientnet_lite2+s16"])
     blocks: list[int] = field(default_factory=list)  # block sizes of the model backbone's features; [] = one block
     standardize: bool = False  # standardise each feature dimension (training mean/std) before L2 normalising
     # > 0: per-tag offsets for balanced top-k decisions (--balanced), fitted on leave-one-out training scores so
     # tag t is in a top balance_k about as often as n_t ** balance; 0 = none
-    balance: float = 0.5
+    balance: float = 0.75
     balance_k: int = 2  # the top-k the balancing offsets are fitted for
     balance_images: int = 10000  # training images whose leave-one-out scores fit the offsets (seeded sample)
     eps: float = 1e-5  # probability floor of the likelihood used by metric learning
@@ -99,7 +101,7 @@ class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
             raise ValueError(f"2pknn balance must be >= 0 and balance_k >= 1. Got {cfg.balance} and {cfg.balance_k}.")
         if not targets.any():
             raise ValueError("2pknn needs training images with tags; every target row is empty.")
-        features, blocks = self._features(inputs)
+        features, blocks = self._features_and_blocks(inputs)
         self.memory_ = NeighbourMemory.fit(features, targets, blocks, standardize=cfg.standardize)
         n_blocks = len(self.memory_.scaler.blocks)
         self.weights_ = np.full(n_blocks, cfg.weight / n_blocks)
@@ -148,7 +150,7 @@ class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
     def update(self, inputs, targets, *, progress=True, tag_names=None):
         """Add the new images to the memory and to the semantic neighbourhoods of their tags (new tags included).
         Balancing offsets are kept; a new tag gets the median offset."""
-        added = append_update(self, inputs, targets, self._features(inputs)[0])
+        added = append_update(self, inputs, targets, self._features(inputs))
         if added and self.offsets_ is not None:
             fill = np.full(added, np.median(self.offsets_), dtype=np.float32)
             self.offsets_ = np.concatenate([self.offsets_, fill])
@@ -156,7 +158,7 @@ class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
         memory = self.memory_
-        return self._votes(memory.transform(self._features(inputs)[0]), memory.vectors())
+        return self._votes(memory.transform(self._features(inputs)), memory.vectors())
 
     def _votes(
         self, queries: np.ndarray, bank: np.ndarray, *, exclude: np.ndarray | None = None, bar: Any = None
