@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corel5k import DEFAULT_DATA, REPO, heldout_dataset  # noqa: E402
-from phototag.backbone_spec import pooled_parts  # noqa: E402
 from phototag.calibration import apply_offsets  # noqa: E402
 from phototag.methods import create_method  # noqa: E402
+from phototag.methods.base import pooled_parts  # noqa: E402
 from phototag.metrics import evaluate_scores  # noqa: E402
 from report import write_json
 

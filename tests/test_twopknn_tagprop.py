@@ -277,7 +277,7 @@ def test_2pknn_balancing_offsets_give_rare_tags_their_share(tmp_path):
 def test_pooled_stages_are_blocks_of_their_own():
     """A "+sN" backbone's features are its last layer, then each pooled earlier stage: each is a block of its own
     (distances average over them); features of another width are refused by name."""
-    from phototag.backbone_spec import pooled_parts
+    from phototag.methods.base import pooled_parts
 
     assert pooled_parts("efficientnet_lite1+s16", 1392) == [1280, 112]
     assert pooled_parts("efficientnet_lite2+s8+s16", 1280 + 48 + 120) == [1280, 48, 120]

@@ -58,26 +58,6 @@ def pooled_strides(spec: BackboneSpec) -> list[int]:
     return [int(s) for s in spec.extra.get("pooled_strides", [])]
 
 
-def pooled_parts(label: str, width: int) -> list[int]:
-    """The parts of backbone ``label``'s pooled features (``width`` numbers in all): ``[width]`` for a plain name;
-    for a ``+sN`` name its last layer's width, then each earlier stage's (needs timm, which knows the stages).
-
-    Raises:
-        ValueError: the parts do not add up to ``width`` (features of another backbone).
-    """
-    if not parse_backbone_name(label)[1]:
-        return [width]
-    from .torch_backbones import pooled_widths
-
-    parts = list(pooled_widths(label))
-    if sum(parts) != width:
-        raise ValueError(
-            f"Features given for backbone '{label}' have {width} numbers per photo; it gives {sum(parts)} "
-            f"({' + '.join(map(str, parts))}). Extract them again with that backbone."
-        )
-    return parts
-
-
 def backbone_label(spec: BackboneSpec) -> str:
     """The name a user writes for ``spec``: the timm name, plus ``+sN`` per pooled earlier stride."""
     return spec.name + "".join(f"{STRIDE_PREFIX}{s}" for s in pooled_strides(spec))

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from ..backbone_spec import pooled_parts
+from ..backbone_spec import parse_backbone_name
 
 #: Input names a method may declare, with how a user supplies each (used in error messages).
 INPUT_KEYS: dict[str, str] = {
@@ -475,6 +475,26 @@ def _ensure_builtin_methods(*, skip_unimportable: bool = False) -> None:
 
 
 _IMPORTED: set[str] = set()
+
+
+def pooled_parts(label: str, width: int) -> list[int]:
+    """The parts of backbone ``label``'s pooled features (``width`` numbers in all): ``[width]`` for a plain name;
+    for a ``+sN`` name its last layer's width, then each earlier stage's (needs timm, which knows the stages).
+
+    Raises:
+        ValueError: the parts do not add up to ``width`` (features of another backbone).
+    """
+    if not parse_backbone_name(label)[1]:
+        return [width]
+    from ..torch_backbones import pooled_widths
+
+    parts = list(pooled_widths(label))
+    if sum(parts) != width:
+        raise ValueError(
+            f"Features given for backbone '{label}' have {width} numbers per photo; it gives {sum(parts)} "
+            f"({' + '.join(map(str, parts))}). Extract them again with that backbone."
+        )
+    return parts
 
 
 class JoinedBackbones:
