@@ -88,6 +88,17 @@ NOT_LEARNING = {
 STRIPE_COLOURS = [(220, 30, 30), (30, 180, 40), (30, 60, 220), (230, 210, 30)]
 
 
+def at_width(source: np.ndarray, name: str) -> np.ndarray:
+    """``source`` as features of backbone ``name``: as they are, or with their columns repeated up to the width of a
+    ``+sN`` backbone (its last layer and pooled stages)."""
+    if "+s" not in name:
+        return source
+    from phototag.torch_backbones import pooled_widths
+
+    width = sum(pooled_widths(name))
+    return np.tile(source, (1, -(-width // source.shape[1])))[:, :width]
+
+
 def make_inputs(
     method: TaggingMethod,
     features: np.ndarray,
@@ -100,7 +111,7 @@ def make_inputs(
         inputs["features"] = features
     if "backbone_features" in method.data_keys:
         source = next(iter(backbone_features.values())) if backbone_features else features
-        inputs["backbone_features"] = {name: source for name in method.feature_backbones()}
+        inputs["backbone_features"] = {name: at_width(source, name) for name in method.feature_backbones()}
     if "images" in method.data_keys:
         inputs["images"] = images
     if "user_tags" in method.data_keys:
