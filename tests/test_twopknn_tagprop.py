@@ -292,3 +292,21 @@ def test_pooled_stages_are_blocks_of_their_own():
     wrong = {"backbone_features": {names[0]: rng.normal(size=(40, 1280)), names[1]: rng.normal(size=(40, 1280))}}
     with pytest.raises(ValueError, match=r"'efficientnet_lite1\+s16' have 1280 numbers per photo; it gives 1392"):
         create_method("2pknn", backbones=names).fit(wrong, y, progress=False)
+
+
+@pytest.mark.parametrize("name", ["tagprop", "drel"])
+def test_training_chooses_the_threshold_on_validation(name, synthetic_dataset, feature_cache):
+    """tagprop's per-word sigmoids and drel's one Platt scale are not on the seeds' 0.3 scale: `train` sets the
+    model's threshold to the one with the best mean per-image F1 on the validation photos."""
+    from phototag.calibration import global_threshold
+    from phototag.data import Dataset
+    from phototag.pipeline import train
+
+    config = {"backbones": [], **({"k": 10} if name == "tagprop" else SMALL_DREL)}
+    model = train(synthetic_dataset, method=name, config=config, cache_dir=feature_cache, progress=False)
+    ds = Dataset.load(synthetic_dataset)
+    _, val_records = ds.train_val(val_fraction=0.1, seed=0)
+    scored = model.score_images([ds.image_path(r) for r in val_records], cache_dir=feature_cache)
+    truth = model.vocab.transform([r.tags for r in val_records])
+    assert model.info["threshold_chosen_on"].startswith("validation")
+    assert model.decision.threshold == global_threshold(truth, scored.scores)

@@ -26,8 +26,8 @@ def global_threshold(
     """The one score threshold whose seeds' rule (score ≥ threshold, at most ``max_tags`` per image) gives the best
     mean per-image F1 on ``(y_true, scores)`` ``(n_images, n_tags)``; among equally good ones the highest.
 
-    ``candidates`` default to 0.01, 0.02, ..., 0.50 (the decisions of a method whose scores run lower than the
-    seeds' 0.3).
+    ``candidates`` default to 0.01, 0.02, ..., 0.99: scores may run lower than the seeds' 0.3 (``refine``'s vote,
+    ``drel``'s one Platt scale) or higher (``tagprop``'s per-word sigmoids).
 
     Example:
         >>> y = np.array([[1, 0], [0, 1]])
@@ -39,7 +39,7 @@ def global_threshold(
     scores = np.asarray(scores, dtype=np.float64)
     if truth.shape != scores.shape or truth.ndim != 2:
         raise ValueError(f"y_true and scores must have the same 2-d shape. Got {truth.shape} and {scores.shape}.")
-    grid = np.round(np.arange(1, 51) / 100, 2) if candidates is None else np.asarray(candidates, dtype=np.float64)
+    grid = np.round(np.arange(1, 100) / 100, 2) if candidates is None else np.asarray(candidates, dtype=np.float64)
     cap = top_k_mask(scores, max_tags) if max_tags is not None and max_tags < scores.shape[1] else True
     f1 = [per_image_prf(truth, (scores >= t) & cap)["f1"].mean() for t in grid]
     best = np.flatnonzero(np.asarray(f1) == max(f1))[-1]

@@ -212,7 +212,8 @@ def train(
         raise ValueError("Calibrating per-tag thresholds needs validation images (a 'val' split or val_fraction > 0).")
     elif tagger.threshold_from_validation:
         log.warning(
-            "No validation images to choose the %s model's threshold on: it stays %.2f, which may give few tags; "
+            "No validation images to choose the %s model's threshold on: it stays %.2f, which may give too few or too "
+            "many tags; "
             "pass --threshold when tagging, or train with a 'val' split or --val-fraction > 0.",
             name,
             model.decision.threshold,

@@ -49,7 +49,8 @@ class TaggingMethod(ABC):
     Config: ClassVar[type] = object
     data_keys: ClassVar[tuple[str, ...]] = ("features",)
 
-    #: The method's scores are not on the seeds' 0.3 scale (``refine``'s neighbour vote is a calibrated fraction):
+    #: The method's scores are not on the seeds' 0.3 scale (``refine``'s neighbour vote is a calibrated fraction,
+    #: ``tagprop``'s per-word sigmoids run high, ``drel``'s one Platt scale runs low):
     #: :func:`phototag.pipeline.train` sets the model's global threshold on the validation images instead
     #: (:func:`phototag.calibration.global_threshold`).
     threshold_from_validation: ClassVar[bool] = False
