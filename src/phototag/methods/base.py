@@ -500,9 +500,9 @@ def pooled_parts(label: str, width: int) -> list[int]:
 
 class JoinedBackbones:
     """For methods on pooled features (``2pknn``, ``tagprop``, ``drel``): a ``backbones`` setting naming the
-    backbones whose pooled features are joined side by side, one block each (read as ``"backbone_features"``), or
-    ``[]`` for the model's own backbone (``"features"``, split by the ``blocks`` setting where the method has one).
-    Mixed in before :class:`TaggingMethod`."""
+    backbones whose pooled features are joined side by side (read as ``"backbone_features"``; one block per backbone
+    and per pooled earlier stage, :func:`pooled_parts`), or ``[]`` for the model's own backbone (``"features"``,
+    split by the ``blocks`` setting where the method has one). Mixed in before :class:`TaggingMethod`."""
 
     def __init__(self, config: Any = None, **overrides: Any):
         super().__init__(config, **overrides)
