@@ -105,14 +105,12 @@ class NeighbourMemory:
 
 
 def append_update(
-    method: TaggingMethod, inputs: Mapping[str, np.ndarray], targets: np.ndarray, features: np.ndarray | None = None
+    method: TaggingMethod, inputs: Mapping[str, np.ndarray], targets: np.ndarray, features: np.ndarray
 ) -> int:
     """The online update shared by the neighbour-voting methods: check the new images and their targets (old tag
-    columns first, then any new ones), add them (``features``, or the ``"features"`` input) to ``method.memory_``
-    and return how many tags are new."""
+    columns first, then any new ones), add them (``features``: what the method reads from ``inputs``) to
+    ``method.memory_`` and return how many tags are new."""
     targets = method.check_update_targets(inputs, targets)
-    if features is None:
-        features = np.asarray(inputs["features"], np.float32)
     method.memory_.append(features, targets)
     added = targets.shape[1] - method.n_tags_
     method.n_tags_ = targets.shape[1]
