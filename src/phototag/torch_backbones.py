@@ -93,7 +93,9 @@ class PooledStages(nn.Module):
         # The deepest stage of each requested stride (timm lists one per reduction).
         self.indices = [max(i for i, r in enumerate(reductions) if r == s) for s in strides]
         self.model = model
-        self.num_features = int(model.num_features) + sum(int(info[i]["num_chs"]) for i in self.indices)
+        #: The widths of the parts of the output: the pooled last layer, then each pooled stage.
+        self.widths = (int(model.num_features), *(int(info[i]["num_chs"]) for i in self.indices))
+        self.num_features = sum(self.widths)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         final, stages = self.model.forward_intermediates(images, indices=self.indices)
@@ -119,8 +121,7 @@ def pooled_widths(label: str) -> tuple[int, ...]:
     model = timm.create_model(spec.name, pretrained=False, num_classes=0)
     if not pooled_strides(spec):
         return (int(model.num_features),)
-    stages = PooledStages(model, pooled_strides(spec), label)
-    return (int(model.num_features), *(int(model.feature_info[i]["num_chs"]) for i in stages.indices))
+    return PooledStages(model, pooled_strides(spec), label).widths
 
 
 def offline_weights_path(name: str) -> Path:
