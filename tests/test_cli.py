@@ -99,6 +99,48 @@ def test_predict_csv_and_table(trained, synthetic_photos, capsys, tmp_path):
     assert out.splitlines()[0] == image
 
 
+def test_evaluate_scores_only_the_words_the_dataset_knows(trained, synthetic_photos, capsys, tmp_path, feature_cache):
+    """A dataset whose vocabulary is the colours only: the model's shape words are left out of the ranking (they
+    would take places the dataset cannot judge), unless --all-words asks for every word."""
+    from phototag.importers import run_importer
+    from phototag.metrics import evaluate_scores
+    from phototag.model import TagModel
+
+    with open(synthetic_photos / "photos.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["tags"] = row["tags"].split()[0]  # "red circle" -> "red"
+    colours_csv = synthetic_photos / "colours.csv"
+    with open(colours_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    colours = tmp_path / "colours"
+    run_importer("csv", colours_csv, colours)
+
+    def metrics(*extra):
+        out = tmp_path / f"m{len(extra)}.json"
+        argv = ["-q", "evaluate", str(trained), str(colours), "--k", "1", "--cache-dir", str(feature_cache)]
+        assert main([*argv, "--json", str(out), *extra]) == 0
+        return json.loads(out.read_text())
+
+    capsys.readouterr()
+    restricted, every = metrics(), metrics("--all-words")
+    model = TagModel.load(trained)
+    shapes = np.isin(model.vocab.tags_, ["circle", "square"])
+    assert restricted["model_words_left_out"] == 2 and every["model_words_left_out"] == 0
+    assert restricted["n_tags"] == len(model.vocab) - 2 and every["n_tags"] == len(model.vocab)
+    # The same numbers as scoring the colour columns alone.
+    test = [r for r in rows if r["split"] == "test"]
+    scores = model.score_images([str(synthetic_photos / r["file"]) for r in test], cache_dir=feature_cache).scores
+    truth = model.vocab.transform([[r["tags"]] for r in test])
+    by_hand = evaluate_scores(truth[:, ~shapes], scores[:, ~shapes], k=1)
+    for key in ("tag@1_f1", "tag@1_n_plus", "map", "image_f1_mean"):
+        assert restricted[key] == pytest.approx(by_hand[key]), key
+    # Ranked among the shapes, the colours lose places they win when only they compete.
+    assert restricted["tag@1_mean_recall"] > every["tag@1_mean_recall"]
+
+
 def test_unreadable_image_is_reported_with_exit_1(trained, synthetic_photos, capsys, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

@@ -310,3 +310,27 @@ def test_training_chooses_the_threshold_on_validation(name, synthetic_dataset, f
     truth = model.vocab.transform([r.tags for r in val_records])
     assert model.info["threshold_chosen_on"].startswith("validation")
     assert model.decision.threshold == global_threshold(truth, scored.scores)
+
+
+def test_a_trained_2pknn_model_makes_balanced_top_k_decisions(synthetic_dataset, feature_cache, tmp_path, capsys):
+    """`train` sets a 2pknn model's decision to balanced top k (its balancing was chosen where balanced beat plain);
+    `--no-balanced` ranks by score again, and a model trained without offsets ranks by score."""
+    from phototag.cli import main
+    from phototag.model import TagModel
+    from phototag.pipeline import train
+
+    config = {"backbones": [], "k1": 2, "weight": 5.0, "balance": 1.0, "balance_k": 1}
+    model = train(synthetic_dataset, method="2pknn", config=config, cache_dir=feature_cache, out=tmp_path / "m")
+    assert model.decision.balanced and TagModel.load(tmp_path / "m").decision.balanced
+    scores = np.random.default_rng(0).random((4, len(model.vocab))).astype(np.float32)
+    assert np.array_equal(model.ranking_scores(scores), model.ranking_scores(scores, balanced=True))
+    assert np.array_equal(model.ranking_scores(scores, balanced=False), scores)
+    plain = train(synthetic_dataset, method="2pknn", config={**config, "balance": 0.0}, cache_dir=feature_cache)
+    assert not plain.decision.balanced
+    argv = ["-q", "evaluate", str(tmp_path / "m"), str(synthetic_dataset), "--cache-dir", str(feature_cache)]
+    for extra, name in (([], "default"), (["--balanced"], "on"), (["--no-balanced"], "off")):
+        assert main([*argv, *extra, "--json", str(tmp_path / f"{name}.json")]) == 0
+    capsys.readouterr()
+    read = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("default", "on", "off")}
+    assert read["default"] == read["on"]
+    assert read["off"]["map"] == read["on"]["map"]

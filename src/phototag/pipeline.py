@@ -187,7 +187,8 @@ def train(
         "n_val": 0 if val_targets is None else int(len(val_targets)),
         "seed": seed,
     }
-    model = TagModel(tagger, vocab, backbone_spec=spec, decision=DecisionRule(), info=info)
+    balanced = tagger.balanced_by_default and tagger.rank_offset() is not None
+    model = TagModel(tagger, vocab, backbone_spec=spec, decision=DecisionRule(balanced=balanced), info=info)
     if val_inputs is not None and len(val_targets):
         val_scores = tagger.score(val_inputs)
         if tagger.threshold_from_validation:
@@ -234,6 +235,7 @@ def evaluate(
     balanced: bool | None = None,
     options: RunOptions | None = None,
     against: str | None = None,
+    all_words: bool = False,
 ) -> dict[str, float]:
     """All metrics of ``model`` on one split of ``dataset`` (see :func:`phototag.metrics.evaluate_scores`).
 
@@ -245,6 +247,11 @@ def evaluate(
 
     Ground-truth tags are mapped into the model's vocabulary; tags the model does not know are counted in
     ``"unknown_true_tags"`` (they cannot be predicted).
+
+    Only the model's words that the dataset's vocabulary knows are scored and compete for each photo's ``k``
+    places, as in a benchmark's protocol: a model with a larger vocabulary (the default model's ImageNet keywords
+    on Corel5k) would otherwise spend places on words the dataset can neither confirm nor refute. How many of the
+    model's words were left out is ``"model_words_left_out"``. ``all_words=True`` ranks every word of the model.
     """
     if not isinstance(model, TagModel):
         model = TagModel.load(model)
@@ -264,6 +271,9 @@ def evaluate(
     targets = model.vocab.transform([r.tags for r in records])[ok]
     unknown = sum(model.vocab.last_unknown_.values()) if hasattr(model.vocab, "last_unknown_") else 0
     scores = scored.scores
+    kept = None if all_words or against is not None else dataset_words(model, ds)
+    if kept is not None:
+        scores, targets = scores[:, kept], targets[:, kept]
     if against is not None:
         from .labels import evaluate_labels, label_names, label_score_matrix, label_truth
 
@@ -271,17 +281,27 @@ def evaluate(
         label_scores, missing = label_score_matrix(model.vocab.tags_, scores, names)
         truth = label_truth([r for r, good in zip(records, ok, strict=True) if good], names, against)
         return {**evaluate_labels(truth, label_scores, names), "labels_without_tag": " ".join(missing) or "none"}
+    n_model = len(model.vocab)
+    threshold = model.decision.own_thresholds(n_model)
+    ranking = model.ranking_scores(scored.scores, balanced=balanced)
+    if kept is not None:
+        threshold, ranking = threshold[kept], ranking[:, kept]
     result = evaluate_scores(
-        targets,
-        scores,
-        k=k,
-        threshold=model.decision.own_thresholds(scores.shape[1]),
-        max_tags=model.decision.max_tags,
-        ranking_scores=model.ranking_scores(scores, balanced=balanced),
+        targets, scores, k=k, threshold=threshold, max_tags=model.decision.max_tags, ranking_scores=ranking
     )
     result["unknown_true_tags"] = int(unknown)
     result["unreadable_images"] = int((~ok).sum())
+    result["model_words_left_out"] = 0 if kept is None else int(n_model - kept.sum())
     return result
+
+
+def dataset_words(model: TagModel, dataset: Dataset) -> np.ndarray | None:
+    """``(n_model_tags,)`` bool: the model's words that ``dataset``'s vocabulary maps onto; ``None`` when that is
+    all of them, or when the dataset has no vocabulary or shares no word with the model (nothing to restrict to)."""
+    if dataset.vocab is None or not len(dataset.vocab):
+        return None
+    known = model.vocab.transform([[tag] for tag in dataset.vocab.tags_]).any(axis=0)
+    return None if known.all() or not known.any() else known
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:

@@ -23,6 +23,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         balanced=args.balanced,
         options=run_options(args),
         against=args.against,
+        all_words=args.all_words,
     )
     width = max(len(k) for k in result)
     for key, value in result.items():
@@ -45,6 +46,12 @@ def register(subparsers) -> None:
         default=None,
         help="score on the dataset's label lists (MIRFLICKR: 24 potential / 14 relevant), each label by the "
         "model's tag of the same name",
+    )
+    p.add_argument(
+        "--all-words",
+        action="store_true",
+        help="rank every word of the model; by default only the words the dataset's vocabulary knows are scored and "
+        "compete for each photo's k places (as in a benchmark's protocol)",
     )
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     add_run_options(p)

@@ -128,10 +128,11 @@ def find_image_paths(paths: Sequence[str]) -> list[Path]:
 def add_balanced_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--balanced",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="top-k: rank by the model's balancing offsets, so rare tags get their share (2pknn models, ensembles "
-        "trained with --set balance=P; the default model has them)",
+        "trained with --set balance=P; the default model has them); --no-balanced ranks by score (default: the "
+        "model's own choice: balanced for 2pknn models, by score otherwise)",
     )
 
 

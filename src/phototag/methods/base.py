@@ -55,6 +55,11 @@ class TaggingMethod(ABC):
     #: (:func:`phototag.calibration.global_threshold`).
     threshold_from_validation: ClassVar[bool] = False
 
+    #: The method's top-k decisions follow its balancing offsets (:meth:`rank_offset`) unless a call asks otherwise:
+    #: :func:`phototag.pipeline.train` sets the model's ``decision.balanced`` when the fitted method has offsets
+    #: (``2pknn``, whose balancing settings were chosen on validation photos where balanced top 5 beat plain).
+    balanced_by_default: ClassVar[bool] = False
+
     #: Settings older versions saved that are no longer model settings (run options); dropped when loading.
     retired_settings: ClassVar[tuple[str, ...]] = ()
 
