@@ -22,8 +22,8 @@ def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
 
 
-@pytest.mark.parametrize("mode", ["crop", "letterbox", "squash"])
-@pytest.mark.parametrize("size", [(192, 128), (128, 192), (300, 300), (97, 61)])
+@pytest.mark.parametrize("mode", ["crop", "letterbox", "squash", "full"])
+@pytest.mark.parametrize("size", [(192, 128), (128, 192), (300, 300), (97, 61), (900, 200)])
 def test_matches_torchvision_transform(mode, size):
     pytest.importorskip("torchvision")
     from phototag.backbones import build_transform
@@ -68,3 +68,24 @@ def test_draft_decode_is_small_and_close_to_full_decode():
     png = io.BytesIO()
     _photo(600, 400).save(png, "PNG")
     assert decode_image(png.getvalue(), draft=lambda w, h: draft_request(specs, w, h)).size == (600, 400)
+
+
+def test_whole_photo_mode_keeps_the_proportions():
+    """``+full``: the shorter side becomes the input size and the longer keeps the proportion (to 8 pixels, at most
+    twice the shorter: a panorama loses its ends); the name round-trips; decoding keeps enough pixels."""
+    from phototag.backbone_spec import as_spec, backbone_label, parse_backbone_name, reads_full_photo
+
+    spec = resolve_spec("efficientnet_lite2+full")
+    assert spec.resize_mode == "full" and backbone_label(spec) == "efficientnet_lite2+full"
+    assert spec.cache_key() != resolve_spec("efficientnet_lite2").cache_key()
+    staged = as_spec("efficientnet_lite1+s16+full")
+    assert backbone_label(staged) == "efficientnet_lite1+s16+full" and reads_full_photo("efficientnet_lite1+s16+full")
+    assert parse_backbone_name("efficientnet_lite1+full+s16") == ("efficientnet_lite1", [16])
+    assert preprocess(spec, _photo(192, 128)).shape == (3, 260, 392)  # 390 rounded to a multiple of 8
+    assert preprocess(spec, _photo(128, 192)).shape == (3, 392, 260)
+    assert preprocess(spec, _photo(2000, 200)).shape == (3, 260, 520)  # 10:1 capped at 2:1
+    assert preprocess(spec, _photo(500, 500)).shape == (3, 260, 260)
+    panorama = _photo(2000, 200)
+    middle = panorama.crop((500, 0, 1500, 200))  # the centre 2:1 of the 10:1 photo
+    np.testing.assert_allclose(preprocess(spec, panorama), preprocess(spec, middle), atol=1e-6)
+    assert required_scale(spec, 4000, 3000) == pytest.approx(260 / 3000)

@@ -79,3 +79,30 @@ def test_shipped_default_backbones_are_found_without_export(tmp_path):
     spec = resolve_spec("efficientnet_lite2")
     assert backbone_graph(spec, RunOptions(cache_dir=tmp_path)).parent == folder
     assert not (tmp_path / "onnx").exists()  # nothing exported
+
+
+def test_whole_photo_graphs_take_any_shape(tmp_path):
+    """A ``+full`` backbone's graph takes photos of any proportions (dynamic height and width), matches torch on
+    each, and a batch that mixes landscape, portrait and square photos gives each photo its own features."""
+    import torch
+
+    from phototag.features import FeatureStore
+    from phototag.preprocess import preprocess
+    from phototag.runtime import check_images
+    from phototag.torch_backbones import create_backbone
+
+    network = create_backbone("efficientnet_lite0+full")
+    images = check_images()
+    photos = [images[i % len(images)].resize(size) for i, size in enumerate([(300, 200), (200, 300), (250, 250)])]
+    paths = []
+    for i, im in enumerate(photos):
+        paths.append(tmp_path / f"p{i}.png")
+        im.save(paths[-1])
+    arrays = [preprocess(network.spec, im) for im in photos]
+    assert len({a.shape for a in arrays}) == len(photos)
+    with torch.inference_mode():
+        expected = np.concatenate([network(torch.from_numpy(a[None])).numpy() for a in arrays])
+    store = FeatureStore("efficientnet_lite0+full", tmp_path / "cache", batch_size=8)
+    got = store.extract([str(p) for p in paths], progress=False).features
+    cosine = (expected * got).sum(1) / np.linalg.norm(expected, axis=1) / np.linalg.norm(got, axis=1)
+    assert cosine.min() > 0.9999

@@ -23,7 +23,14 @@ OFFLINE_WEIGHTS: dict[str, tuple[str, str]] = {
 }
 _OFFLINE_PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
-RESIZE_MODES = ("crop", "letterbox", "squash")
+RESIZE_MODES = ("crop", "letterbox", "squash", "full")
+
+#: ``resize_mode="full"`` (a backbone name ending in ``+full``): the whole photo, its shorter side resized to the input
+#: size and its longer side kept in proportion (rounded to a multiple of :data:`FULL_STEP` pixels, and at most
+#: :data:`FULL_MAX_ASPECT` times the shorter side: a longer panorama loses its ends), instead of a centre square.
+FULL_SUFFIX = "full"
+FULL_STEP = 8
+FULL_MAX_ASPECT = 2.0
 
 #: A backbone name may add the average-pooled feature maps of earlier stages, by stride, to its pooled features:
 #: ``efficientnet_lite1+s16`` is Lite1's 1,280 pooled numbers followed by the mean of its stride-16 feature map
@@ -32,25 +39,35 @@ STRIDE_PREFIX = "+s"
 
 
 def parse_backbone_name(text: str) -> tuple[str, list[int]]:
-    """``"efficientnet_lite1+s16"`` -> ``("efficientnet_lite1", [16])``; a plain timm name has no strides.
+    """``"efficientnet_lite1+s16"`` -> ``("efficientnet_lite1", [16])``; a plain timm name has no strides (a
+    ``+full`` part, the whole photo: :func:`reads_full_photo`, is allowed and not returned).
 
     Example:
         >>> parse_backbone_name("efficientnet_lite2+s8+s16")
         ('efficientnet_lite2', [8, 16])
+        >>> parse_backbone_name("efficientnet_lite2+s16+full")
+        ('efficientnet_lite2', [16])
     """
     name, *parts = text.split("+")
     strides = []
     for part in parts:
+        if part == FULL_SUFFIX:
+            continue
         digits = part[1:]
         if not (part.startswith("s") and digits.isdigit() and int(digits) > 0):
             raise ValueError(
                 f"Backbone name {text!r}: after the timm name, only '+sN' (also pool the stride-N feature map, e.g. "
-                "efficientnet_lite1+s16) may follow."
+                "efficientnet_lite1+s16) and '+full' (the whole photo, not a centre square) may follow."
             )
         strides.append(int(digits))
     if not name:
         raise ValueError(f"Backbone name {text!r} has no timm model name before '+'.")
     return name, sorted(set(strides))
+
+
+def reads_full_photo(text: str) -> bool:
+    """Whether a backbone name asks for the whole photo (``efficientnet_lite1+full``; ``resize_mode="full"``)."""
+    return FULL_SUFFIX in text.split("+")[1:]
 
 
 def pooled_strides(spec: BackboneSpec) -> list[int]:
@@ -59,8 +76,10 @@ def pooled_strides(spec: BackboneSpec) -> list[int]:
 
 
 def backbone_label(spec: BackboneSpec) -> str:
-    """The name a user writes for ``spec``: the timm name, plus ``+sN`` per pooled earlier stride."""
-    return spec.name + "".join(f"{STRIDE_PREFIX}{s}" for s in pooled_strides(spec))
+    """The name a user writes for ``spec``: the timm name, plus ``+sN`` per pooled earlier stride, plus ``+full``
+    when it reads the whole photo."""
+    full = f"+{FULL_SUFFIX}" if spec.resize_mode == "full" else ""
+    return spec.name + "".join(f"{STRIDE_PREFIX}{s}" for s in pooled_strides(spec)) + full
 
 
 @dataclass
@@ -73,7 +92,8 @@ class BackboneSpec:
     name: str = DEFAULT_BACKBONE  # timm model name
     # "auto" (offline package if known, else timm's pretrained), "offline", "timm", "none", or a checkpoint file
     weights: str = "auto"
-    resize_mode: str = "crop"  # "crop" (timm: resize shorter side, centre crop), "letterbox" (fit + pad), "squash"
+    # "crop" (timm: resize shorter side, centre crop), "letterbox" (fit + pad), "squash", "full" (the whole photo)
+    resize_mode: str = "crop"
     input_size: int | None = None  # square input side; None = the model's default
     mean: tuple[float, float, float] | None = None  # normalisation; None = the weights' own
     std: tuple[float, float, float] | None = None
@@ -123,7 +143,8 @@ def as_spec(spec: BackboneSpec | str | None = None, **overrides: Any) -> Backbon
         spec = BackboneSpec()
     elif isinstance(spec, str):
         name, strides = parse_backbone_name(spec)
-        spec = BackboneSpec(name=name, extra={"pooled_strides": strides} if strides else {})
+        mode = "full" if reads_full_photo(spec) else "crop"
+        spec = BackboneSpec(name=name, resize_mode=mode, extra={"pooled_strides": strides} if strides else {})
     spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
     if spec.resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}. Got {spec.resize_mode!r} instead.")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .backbones import BackboneSpec
-from .features import FeatureStore
+from .features import FeatureStore, embed_by_shape
 from .images import DEFAULT_MAX_PIXELS
 from .runtime import RunOptions, backbone_graph
 
@@ -133,7 +133,14 @@ def _decode_batch(
     n = len(paths)
     digests, errors = [""] * n, [""] * n
     need = np.zeros(n, dtype=bool)
-    pixels = {key: np.zeros((n, 3, int(s.input_size), int(s.input_size)), np.float32) for key, s in specs.items()}
+    pixels: dict[str, Any] = {}
+    for key, spec in specs.items():
+        size = int(spec.input_size)
+        if spec.resize_mode == "full":  # whole photos differ in shape: one array per row (a ragged column)
+            pixels[key] = np.empty(n, dtype=object)
+            pixels[key][:] = [np.zeros((3, size, size), np.float32) for _ in range(n)]
+        else:
+            pixels[key] = np.zeros((n, 3, size, size), np.float32)
     known = _visible_stores(specs, stores)
     for i, path in enumerate(paths):
         try:
@@ -186,7 +193,7 @@ class _BackboneActor:
         need = np.asarray(batch["need"], dtype=bool)
         features = np.zeros((len(need), self.width), np.float32)
         if need.any():
-            features[need] = self.net(pixels[need])
+            features[need] = embed_by_shape(self.net, list(pixels[need]))
         batch[_features(self.key)] = features
         return batch
 

@@ -262,12 +262,13 @@ class FeatureStore:
         if width is None:
             from PIL import Image
 
-            width = self._embed(np.stack([preprocess(self.spec, Image.new("RGB", (8, 8)))])).shape[1]
+            width = self._embed([preprocess(self.spec, Image.new("RGB", (8, 8)))]).shape[1]
         return int(width)
 
-    def _embed(self, batch: np.ndarray) -> np.ndarray:
-        """``(n, 3, S, S)`` preprocessed photos → ``(n, d)`` features."""
-        return self.backbone(batch)
+    def _embed(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        """Preprocessed photos, each ``(3, S, S)`` (``(3, H, W)`` for whole photos) → ``(n, d)`` features, one
+        network call per shape."""
+        return embed_by_shape(self.backbone, arrays)
 
     def extract(
         self, paths: Sequence[str | os.PathLike | ImageItem], *, progress: bool | None = None, desc: str = "features"
@@ -286,8 +287,33 @@ class FeatureStore:
         out = []
         size = self.options.batch_size
         for start in range(0, len(images), size):
-            out.append(self._embed(np.stack([preprocess(self.spec, im) for im in images[start : start + size]])))
+            out.append(self._embed([preprocess(self.spec, im) for im in images[start : start + size]]))
         return np.concatenate(out) if out else np.zeros((0, self.num_features), np.float32)
+
+
+def embed_by_shape(network: Callable[[np.ndarray], np.ndarray], arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``network`` on preprocessed photos stacked by shape (square inputs are all one shape; whole photos,
+    ``resize_mode="full"``, come in a few), rows back in the order given.
+
+    Example:
+        >>> net = lambda batch: batch.mean(axis=(2, 3))
+        >>> arrays = [np.ones((3, 2, 4)), np.zeros((3, 4, 2)), np.full((3, 2, 4), 2.0)]
+        >>> embed_by_shape(net, arrays)[:, 0].tolist()
+        [1.0, 0.0, 2.0]
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, array in enumerate(arrays):
+        groups.setdefault(array.shape, []).append(i)
+    if len(groups) == 1:
+        return network(np.stack(arrays))
+    out: np.ndarray | None = None
+    for rows in groups.values():
+        features = network(np.stack([arrays[i] for i in rows]))
+        if out is None:
+            out = np.zeros((len(arrays), features.shape[1]), dtype=features.dtype)
+        out[rows] = features
+    assert out is not None
+    return out
 
 
 # --- the input layer ----------------------------------------------------------------------------------------------
@@ -412,7 +438,7 @@ def extract_features(
         if not indices:
             return
         store = by_key[key]
-        out = store._embed(np.stack(arrays))
+        out = store._embed(arrays)
         width_of(store, out[0])
         features[key][indices] = out
         unsaved[key].update(zip(digests, out, strict=True))

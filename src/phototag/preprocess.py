@@ -60,6 +60,8 @@ def required_scale(spec: BackboneSpec, width: int, height: int) -> float:
     size = _check_resolved(spec)
     if spec.resize_mode == "crop":
         return crop_resize_side(spec) / min(width, height)
+    if spec.resize_mode == "full":
+        return size / min(width, height)
     if spec.resize_mode == "letterbox":
         return size / max(width, height)
     return max(size / width, size / height)
@@ -110,17 +112,51 @@ def _letterbox(image: Image.Image, size: int, mean: Sequence[float], resample: I
     return canvas
 
 
+def full_size(spec: BackboneSpec, width: int, height: int) -> tuple[int, int]:
+    """The network input ``(width, height)`` of a ``width`` × ``height`` photo in ``resize_mode="full"``: the shorter
+    side becomes the input size, the longer one keeps the proportion, rounded to a multiple of
+    :data:`~phototag.backbone_spec.FULL_STEP` and capped at :data:`~phototag.backbone_spec.FULL_MAX_ASPECT` times the
+    shorter (the photo's ends are cropped beyond that).
+
+    Example:
+        >>> from phototag.backbones import resolve_spec
+        >>> spec = resolve_spec("efficientnet_lite1+full")
+        >>> full_size(spec, 192, 128), full_size(spec, 3000, 4000), full_size(spec, 6000, 1000)
+        ((360, 240), (240, 320), (480, 240))
+    """
+    from .backbone_spec import FULL_MAX_ASPECT, FULL_STEP
+
+    size = _check_resolved(spec)
+    short, long = min(width, height), max(width, height)
+    steps = round(min(long / short, FULL_MAX_ASPECT) * size / FULL_STEP)
+    long_side = max(size, FULL_STEP * steps)
+    return (long_side, size) if width >= height else (size, long_side)
+
+
+def _resize_full(spec: BackboneSpec, image: Image.Image, resample: Image.Resampling) -> Image.Image:
+    width, height = image.size
+    target_w, target_h = full_size(spec, width, height)
+    # Crop the photo to the target's proportion first (only a panorama beyond the cap, or a few pixels of rounding).
+    scale = max(target_w / width, target_h / height)
+    crop_w, crop_h = min(width, round(target_w / scale)), min(height, round(target_h / scale))
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return image.crop((left, top, left + crop_w, top + crop_h)).resize((target_w, target_h), resample)
+
+
 def resize_for(spec: BackboneSpec, image: Image.Image) -> Image.Image:
-    """The RGB photo resized (and cropped or padded) to ``spec``'s square input, still a PIL image."""
+    """The RGB photo resized (and cropped or padded) to ``spec``'s input (square, except in ``"full"`` mode, where
+    it keeps the photo's proportions: :func:`full_size`), still a PIL image."""
     size = _check_resolved(spec)
     resample = _resample(spec)
     if spec.resize_mode == "crop":
         return _center_crop(_resize_shorter(image, crop_resize_side(spec), resample), size)
+    if spec.resize_mode == "full":
+        return _resize_full(spec, image, resample)
     if spec.resize_mode == "letterbox":
         return _letterbox(image, size, spec.mean, resample)
     if spec.resize_mode == "squash":
         return image.resize((size, size), resample)
-    raise ValueError(f"Unknown resize_mode {spec.resize_mode!r}; expected crop, letterbox or squash.")
+    raise ValueError(f"Unknown resize_mode {spec.resize_mode!r}; expected crop, letterbox, squash or full.")
 
 
 def normalize(pixels: np.ndarray, spec: BackboneSpec) -> np.ndarray:
@@ -132,5 +168,6 @@ def normalize(pixels: np.ndarray, spec: BackboneSpec) -> np.ndarray:
 
 
 def preprocess(spec: BackboneSpec, image: Image.Image) -> np.ndarray:
-    """A decoded RGB photo → ``(3, S, S)`` float32 network input for ``spec`` (see the module docstring)."""
+    """A decoded RGB photo → ``(3, S, S)`` float32 network input for ``spec`` (see the module docstring); ``(3, H,
+    W)`` in ``"full"`` mode."""
     return normalize(np.asarray(resize_for(spec, image), dtype=np.uint8), spec)

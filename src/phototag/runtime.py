@@ -189,6 +189,8 @@ def export_backbone(
     spec = backbone.spec
     module = backbone.model.eval()
     size = int(spec.input_size)
+    # Whole photos ("full") come in many shapes: the graph takes any height and width.
+    axes = {0: "batch", 2: "height", 3: "width"} if spec.resize_mode == "full" else {0: "batch"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice; its graphs are what we check
@@ -198,7 +200,7 @@ def export_backbone(
             buffer,
             input_names=["images"],
             output_names=["features"],
-            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+            dynamic_axes={"images": axes, "features": {0: "batch"}},
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
@@ -206,11 +208,14 @@ def export_backbone(
     if compress:
         proto = compress_initializers(proto)
     data = proto.SerializeToString()
-    batch = np.stack([preprocess(spec, im) for im in (images if images is not None else check_images())])
-    with torch.inference_mode():
-        reference = module(torch.from_numpy(batch)).float().numpy()
     session = onnxruntime_module().InferenceSession(data, providers=["CPUExecutionProvider"])
-    exported = session.run(None, {"images": batch})[0]
+    reference, exported = [], []
+    for array in (preprocess(spec, im) for im in (images if images is not None else check_images())):
+        batch = array[None]  # one photo at a time: whole photos differ in shape
+        with torch.inference_mode():
+            reference.append(module(torch.from_numpy(batch)).float().numpy())
+        exported.append(session.run(None, {"images": batch})[0])
+    reference, exported = np.concatenate(reference), np.concatenate(exported)
     cosine = float(_cosines(reference, exported).min())
     if cosine < EXPORT_MIN_COSINE:
         raise EnvironmentProblem(

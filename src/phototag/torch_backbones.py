@@ -262,7 +262,8 @@ def build_transform(spec: BackboneSpec, *, train: bool = False) -> Callable:
 
     ``crop`` follows timm (resize the shorter side to S / crop_pct, centre crop S); ``letterbox`` keeps the whole
     photo (resize the longer side to S, pad with the mean colour); ``squash`` resizes to S × S ignoring the aspect
-    ratio. ``train=True`` adds light augmentation (random resized crop + flip) on top.
+    ratio; ``full`` keeps the whole photo at its proportions (shorter side S; not square). ``train=True`` adds light
+    augmentation (random resized crop + flip) on top.
     """
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode
@@ -285,9 +286,28 @@ def build_transform(spec: BackboneSpec, *, train: bool = False) -> Callable:
         steps = [T.Resize(resize, interpolation=interpolation), T.CenterCrop(size)]
     elif spec.resize_mode == "letterbox":
         steps = [Letterbox(size, spec.mean, interpolation)]
+    elif spec.resize_mode == "full":
+        steps = [FullPhoto(spec)]
     else:
         steps = [T.Resize((size, size), interpolation=interpolation)]
     return T.Compose([*steps, *normalize])
+
+
+class FullPhoto:
+    """The whole photo, its shorter side resized to the input size (``resize_mode="full"``; the same PIL steps as
+    :func:`phototag.preprocess.resize_for`, so torch and ONNX Runtime see the same pixels). Inputs are not square:
+    batch photos of one shape together."""
+
+    def __init__(self, spec: BackboneSpec):
+        self.spec = spec
+
+    def __call__(self, image):
+        from .preprocess import resize_for
+
+        return resize_for(self.spec, image)
+
+    def __repr__(self) -> str:
+        return f"FullPhoto(short_side={self.spec.input_size})"
 
 
 class Letterbox:
