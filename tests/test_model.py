@@ -184,3 +184,27 @@ def test_merge_models_scores_the_union_of_vocabularies(tmp_path):
     assert with_category.decision.categories.tolist() == [t == "dog" for t in merged.tags]
     with pytest.raises(ValueError, match="not tags of the merged models"):
         merge_models([model_a, model_b], categories=["animal"])
+
+
+def test_merged_balancing_offsets_keep_their_sign(tmp_path):
+    """A merged model's balancing offsets are its parts' own, negative ones included (a frequent word is held back);
+    words of a part without offsets get 0, and a shared word the larger of its parts' offsets."""
+    from phototag.methods import create_method
+    from phototag.model import merge_models
+
+    rng = np.random.default_rng(0)
+    x = {"efficientnet_lite0": rng.normal(size=(60, 8)).astype(np.float32)}
+    y = np.zeros((60, 3), np.float32)
+    y[:, 0] = 1  # "sky" on every photo: the most frequent word, a negative offset
+    y[:6, 1], y[6:12, 2] = 1, 1
+    part = {"members": ["knn@efficientnet_lite0"], "stack_folds": 2, "member_config": {"knn": {"k": 5}}}
+    balanced = {**part, "combiner": "average", "balance": 1.0, "balance_k": 1}
+    a = create_method("ensemble", balanced).fit({"backbone_features": x}, y, progress=False)
+    b = create_method("ensemble", part).fit({"backbone_features": x}, y[:, :2], progress=False)
+    model_a = TagModel(a, TagVocabulary().fit([["sky", "sea", "dog"]]))
+    model_b = TagModel(b, TagVocabulary().fit([["sky", "cup"]]))
+    merged = merge_models([model_a, model_b])
+    own = dict(zip(model_a.tags, a.rank_offset(), strict=True))
+    offsets = dict(zip(merged.tags, merged.method.rank_offset(), strict=True))
+    assert own["sky"] < 0 and offsets["sky"] == own["sky"]
+    assert offsets["sea"] == own["sea"] and offsets["dog"] == own["dog"] and offsets["cup"] == 0

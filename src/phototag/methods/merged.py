@@ -142,10 +142,13 @@ class MergedTagger(TaggingMethod):
         offsets = [(part.rank_offset(), cols) for part, cols in zip(self.parts_, self.columns_, strict=True)]
         if all(o is None for o, _ in offsets):
             return None
-        merged = np.zeros(self.n_tags_, dtype=np.float32)
+        # Start below every offset: a frequent tag's negative offset must survive (starting at 0 clipped them all,
+        # and balanced decisions then favoured the frequent tags they exist to hold back).
+        merged = np.full(self.n_tags_, -np.inf, dtype=np.float32)
         for offset, cols in offsets:
             if offset is not None:
                 merged[cols] = np.maximum(merged[cols], offset)
+        merged[np.isneginf(merged)] = 0.0
         return merged
 
     # --- state -------------------------------------------------------------------------------------------------------
