@@ -34,6 +34,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 #: The shipped ensemble's settings: mlp heads and kNN voting on Lite1 and Lite2 features of the whole photo (``+full``:
@@ -95,6 +97,8 @@ def with_imagenet(model, dataset):
     names = [rename.get(k, k) for k in keywords]
     everyday = TagModel(part, TagVocabulary(tags=names))
     categories = sorted({rename.get(k, k) for k in mapping.categories()})
+    merged = merge_models([model, everyday], info={}, categories=categories)
+    fitted_on = fit_merged_offsets(model, part, merged, dataset, options=RunOptions(progress=False))
     info = {
         **model.info,
         "imagenet": {
@@ -103,9 +107,37 @@ def with_imagenet(model, dataset):
             "keywords": len(names),
             "renamed_to_corel_words": len(rename),
             "categories": len(categories),
+            "balancing_offsets_fitted_on": fitted_on,
         },
     }
-    return merge_models([model, everyday], info=info, categories=categories)
+    merged.info = info
+    return merged
+
+
+def fit_merged_offsets(model, part, merged, dataset, *, options) -> str | None:
+    """The merged model's own balancing offsets for the Corel5k words, with the Corel5k part's settings
+    (``balance``, ``balance_k``), fitted on merged scores of the training photos: the Corel5k part's out-of-fold
+    scores (each photo scored by members that never saw it) merged with the ImageNet part's scores of the same photos
+    (it never trained on them). The Corel5k part's own offsets do not fit the merged scores (docs/default_model.md).
+    ``None`` (and the parts' offsets stay in use) when the model was not trained in this run."""
+    from phototag.inputs import build_inputs
+
+    ensemble = model.method
+    oof = getattr(ensemble, "oof_scores_", None)
+    if oof is None or ensemble.config.balance <= 0:
+        return None
+    train, _ = dataset.train_val(val_fraction=0.1, seed=0)  # the photos `train` fitted the ensemble on, in order
+    batch = build_inputs(part, [dataset.image_path(r) for r in train], options=options)
+    if not batch.ok.all() or len(train) != oof.shape[1]:
+        raise SystemExit("The training photos no longer match the out-of-fold scores; rebuild from scratch.")
+    corel_scores = ensemble._combine(oof, ensemble.config.combiner)
+    scores = merged.method.merge_scores([corel_scores, part.score(batch.inputs)])
+    columns = merged.method.columns_[0]
+    targets = np.zeros((len(train), len(merged.tags)), np.float32)
+    targets[:, columns] = model.vocab.transform([r.tags for r in train])
+    k, power = ensemble.config.balance_k, ensemble.config.balance
+    merged.method.fit_offsets(targets, scores, columns, k=k, power=power)
+    return f"out-of-fold merged scores of the {len(train)} training photos (balance {power}, k {k})"
 
 
 def main(argv: list[str] | None = None) -> int:

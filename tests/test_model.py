@@ -208,3 +208,13 @@ def test_merged_balancing_offsets_keep_their_sign(tmp_path):
     offsets = dict(zip(merged.tags, merged.method.rank_offset(), strict=True))
     assert own["sky"] < 0 and offsets["sky"] == own["sky"]
     assert offsets["sea"] == own["sea"] and offsets["dog"] == own["dog"] and offsets["cup"] == 0
+    # Offsets of the merged model itself, fitted on merged scores: they win over the parts', and are saved.
+    inputs = {"backbone_features": x}
+    scores = merged.method.merge_scores([a.score(inputs), b.score(inputs)])
+    targets = np.zeros((60, len(merged.tags)), np.float32)
+    targets[:, : len(model_a.tags)] = y
+    fitted = merged.method.fit_offsets(targets, scores, np.arange(len(model_a.tags)), k=1, power=1.0)
+    assert fitted[merged.tags.index("cup")] == 0 and fitted[merged.tags.index("sky")] < 0
+    np.testing.assert_array_equal(merged.method.rank_offset(), fitted)
+    merged.save(tmp_path / "merged")
+    np.testing.assert_array_equal(TagModel.load(tmp_path / "merged").rank_offset(balanced=True), fitted)

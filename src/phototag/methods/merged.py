@@ -125,11 +125,16 @@ class MergedTagger(TaggingMethod):
         return [part.score(self._part_inputs(part, inputs)) for part in self.parts_]
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        self.check_inputs(inputs)
+        return self.merge_scores(self.part_scores(inputs))
+
+    def merge_scores(self, part_scores: Sequence[np.ndarray]) -> np.ndarray:
+        """The merged scores ``(n_images, n_tags)`` of the parts' own scores (as :meth:`part_scores` gives them)."""
         mean = self.config.rule == "mean"
         start = 0.0 if mean else -np.inf  # every tag belongs to at least one part, so no -inf is left for "max"
-        out = np.full((self.check_inputs(inputs), self.n_tags_), start, dtype=np.float32)
+        out = np.full((len(part_scores[0]), self.n_tags_), start, dtype=np.float32)
         count = np.zeros(self.n_tags_, dtype=np.float32)
-        for scores, cols in zip(self.part_scores(inputs), self.columns_, strict=True):
+        for scores, cols in zip(part_scores, self.columns_, strict=True):
             if mean:
                 out[:, cols] += scores
                 count[cols] += 1
@@ -137,8 +142,27 @@ class MergedTagger(TaggingMethod):
                 out[:, cols] = np.maximum(out[:, cols], scores)
         return out / np.maximum(count, 1) if mean else out
 
+    def fit_offsets(
+        self, targets: np.ndarray, scores: np.ndarray, tags: np.ndarray, *, k: int, power: float
+    ) -> np.ndarray:
+        """Balancing offsets of the merged model itself, fitted on merged scores ``(n, n_tags)`` of photos no part
+        was trained on (out-of-fold scores) with their ``targets`` ``(n, n_tags)``, for the columns ``tags`` that
+        have labels (the others get 0): a part's own offsets do not fit the merged scores, where a tag that several
+        parts know takes the largest of their scores (:func:`phototag.calibration.tag_balance_offsets`)."""
+        from ..calibration import tag_balance_offsets
+
+        tags = np.asarray(tags, dtype=np.int64)
+        offsets = np.zeros(self.n_tags_, dtype=np.float32)
+        offsets[tags] = tag_balance_offsets(np.asarray(targets)[:, tags], scores[:, tags], k=k, power=power)
+        self.offsets_ = offsets
+        return offsets
+
     def rank_offset(self) -> np.ndarray | None:
-        """The parts' balancing offsets in the merged columns (0 for tags of parts without any), or ``None``."""
+        """The merged model's own balancing offsets (:meth:`fit_offsets`) when fitted; else the parts' offsets in the
+        merged columns (0 for tags of parts without any), or ``None``."""
+        own = getattr(self, "offsets_", None)
+        if own is not None:
+            return own
         offsets = [(part.rank_offset(), cols) for part, cols in zip(self.parts_, self.columns_, strict=True)]
         if all(o is None for o, _ in offsets):
             return None
@@ -160,6 +184,8 @@ class MergedTagger(TaggingMethod):
             arrays.update({f"part{i}/{k}": v for k, v in part_arrays.items()})
             arrays[f"columns/{i}"] = np.asarray(cols, dtype=np.int64)
             meta.append({"method": part.name, "config": part.config_dict(), "meta": part_meta})
+        if getattr(self, "offsets_", None) is not None:
+            arrays["offsets"] = np.asarray(self.offsets_, dtype=np.float32)
         return arrays, {"n_tags": int(self.n_tags_), "parts": meta}
 
     def set_state(self, arrays, meta):
@@ -177,3 +203,4 @@ class MergedTagger(TaggingMethod):
             self.parts_.append(part)
             self.columns_.append(cols)
         self._parts = self.parts_
+        self.offsets_ = np.asarray(arrays["offsets"], dtype=np.float32) if "offsets" in arrays else None
