@@ -199,20 +199,22 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         result = evaluate(model, dataset, split="test", k=5, cache_dir=args.cache_dir, progress=False)
         infer_s = time.perf_counter() - start
+        own = ", balanced top 5 (its default)" if model.decision.balanced else ""
         rows.append(
             {
-                "method": label,
+                "method": label + own,
                 **timing,
                 "infer_images_per_s": round(n_test / infer_s, 1),
                 "validation": model.info.get("validation"),
                 **result,
             }
         )
-        if model.method.rank_offset() is not None:  # balanced top-5 decisions (--balanced); only @5 metrics change
-            balanced = evaluate(
-                model, dataset, split="test", k=5, cache_dir=args.cache_dir, progress=False, balanced=True
+        if model.method.rank_offset() is not None:  # the other top-5 decision (--balanced / --no-balanced)
+            other = not model.decision.balanced
+            result = evaluate(
+                model, dataset, split="test", k=5, cache_dir=args.cache_dir, progress=False, balanced=other
             )
-            rows.append({**rows[-1], **balanced, "method": f"{label}, balanced top 5"})
+            rows.append({**rows[-1], **result, "method": f"{label}, {'balanced' if other else 'plain'} top 5"})
     width = max(len(name) for name in PUBLISHED) + 24
     width = max(width, *(len(row["method"]) + 1 for row in rows))
     header = (
