@@ -336,14 +336,17 @@ def backbone_graph(
     options = options or RunOptions()
     spec = resolve_spec(spec)
     name = onnx_file_name(spec, options.precision)
+    # The graph is the network alone; the one of the same network for whole photos ("full") takes inputs of any
+    # shape, so it serves the square modes too (the default model ships its backbones that way).
+    names = [name]
+    if spec.resize_mode != "full":
+        names.append(onnx_file_name(dataclasses.replace(spec, resize_mode="full"), options.precision))
     shipped = Path(__file__).resolve().parent / "default_model" / "backbones"  # any model may use these
-    for folder in [*search, shipped]:
-        candidate = Path(folder) / name
-        if candidate.is_file():
-            return candidate
+    for folder in [*search, shipped, cache_root(options.cache_dir) / "onnx"]:
+        for candidate in (Path(folder) / n for n in names):
+            if candidate.is_file():
+                return candidate
     cached = cache_root(options.cache_dir) / "onnx" / name
-    if cached.is_file():
-        return cached
     try:
         from .torch_backbones import require_torch
 
