@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from pathlib import Path
 
@@ -97,6 +98,25 @@ def synthetic_dataset(synthetic_photos: Path, tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic-dataset") / "ds"
     run_importer("csv", synthetic_photos / "photos.csv", out)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _default_categories() -> frozenset[str]:
+    from phototag.model import load_model
+
+    model = load_model()
+    mask = model.decision.categories
+    return frozenset() if mask is None else frozenset(t for t, c in zip(model.tags, mask, strict=True) if c)
+
+
+def default_model_keywords(tags: list) -> list:
+    """A default-model answer's keywords: its tags (strings or ``{"tag", "score"}``) without the broad categories
+    (animal, vehicle, ...) that follow them; a top-k answer has k keywords and may have more tags. Checks that the
+    categories come after the keywords."""
+    names = [t["tag"] if isinstance(t, dict) else t for t in tags]
+    flags = [name in _default_categories() for name in names]
+    assert flags == sorted(flags), f"categories must follow the keywords: {names}"
+    return [t for t, flag in zip(tags, flags, strict=True) if not flag]
 
 
 def clustered_features(n: int = 120, n_tags: int = 4, dim: int = 16, seed: int = 0):

@@ -20,6 +20,7 @@ pytest.importorskip("fastapi", reason='the service needs the "serve" extra')
 pytest.importorskip("uvicorn", reason='the service needs the "serve" extra')
 
 from broken_images import broken_uploads, jpeg, png  # noqa: E402
+from conftest import default_model_keywords  # noqa: E402
 from live_server import (  # noqa: E402
     check_problem,
     keywords,
@@ -222,7 +223,8 @@ def test_slow_clients_are_cut_off_and_others_keep_answering():
         )
         started = time.monotonic()
         status, body, _ = post_files(f"{url}/v1/tag?top_k=1", [("files", "ok.jpg", jpeg(), "image/jpeg")])
-        assert status == 200 and len(body["results"][0]["tags"]) == 1  # served while three slow clients hang on
+        # served while three slow clients hang on
+        assert status == 200 and len(default_model_keywords(body["results"][0]["tags"])) == 1
         for sock in (slow_headers, silent):
             assert sock.recv(100) == b""  # closed by the server
         answer = b""
