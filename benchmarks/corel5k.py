@@ -64,7 +64,7 @@ def ensemble_rows(model, dataset: Dataset, label: str, timing: dict, cache_dir) 
     """Held-out rows of an ensemble: each member alone, each combiner, and each combiner whose top 5 follow its
     balancing offsets (when the ensemble has them; every other metric is the combiner's own). Member scores are
     computed once; inference speed is for all of it."""
-    from phototag.calibration import apply_offsets
+    from phototag.calibration import balanced_ranking
     from phototag.metrics import evaluate_scores
 
     records = dataset.split("test")
@@ -80,7 +80,7 @@ def ensemble_rows(model, dataset: Dataset, label: str, timing: dict, cache_dir) 
         scored[f"{label} / {name}"] = (scores, None)
         offsets = getattr(ensemble, "offsets_", {}).get(name)
         if offsets is not None:
-            scored[f"{label} / {name} + balance"] = (scores, apply_offsets(scores, offsets))
+            scored[f"{label} / {name} + balance"] = (scores, balanced_ranking(scores, offsets))
     return [
         {
             "method": name,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from corel5k import DEFAULT_DATA, REPO, heldout_dataset
-from phototag.calibration import apply_offsets, tag_balance_offsets
+from phototag.calibration import balanced_ranking, tag_balance_offsets
 from phototag.metrics import per_tag_at_k
 from phototag.pipeline import train
 from report import write_json
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     def at5(offsets: np.ndarray | None) -> dict[str, dict[str, float]]:
         out = {}
         for name, (truth, scores) in splits.items():
-            ranking = scores if offsets is None else apply_offsets(scores, offsets)
+            ranking = scores if offsets is None else balanced_ranking(scores, offsets)
             result = per_tag_at_k(truth, ranking, k=5)
             out[name] = {key: result[key] for key in ("mean_precision", "mean_recall", "f1", "n_plus", "n_tags")}
         return out

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corel5k import DEFAULT_DATA, REPO, heldout_dataset  # noqa: E402
-from phototag.calibration import apply_offsets  # noqa: E402
+from phototag.calibration import balanced_ranking  # noqa: E402
 from phototag.methods import create_method  # noqa: E402
 from phototag.methods.base import pooled_parts  # noqa: E402
 from phototag.metrics import evaluate_scores  # noqa: E402
@@ -82,7 +82,7 @@ def run(method: str, config: dict, data: dict) -> dict:
         if f"x_{part}" in data:
             scores = tagger.score({"features": data[f"x_{part}"]})
             rankings = {part: None} | (
-                {f"{part}_balanced": apply_offsets(scores, offsets)} if offsets is not None else {}
+                {f"{part}_balanced": balanced_ranking(scores, offsets)} if offsets is not None else {}
             )
             for key, ranking in rankings.items():
                 m = evaluate_scores(data[f"y_{part}"], scores, k=5, ranking_scores=ranking)

@@ -223,7 +223,7 @@ def test_balance_offsets_match_top_k_counts_to_tag_frequencies():
 
 
 def test_ensemble_balance_offsets_are_fitted_out_of_fold_and_saved(synthetic_dataset, feature_cache, tmp_path):
-    from phototag.calibration import apply_offsets, tag_balance_offsets
+    from phototag.calibration import balanced_ranking, tag_balance_offsets
 
     config = {
         "members": ["knn@efficientnet_lite0"],
@@ -245,24 +245,31 @@ def test_ensemble_balance_offsets_are_fitted_out_of_fold_and_saved(synthetic_dat
     inputs = photo_inputs(model, [str(ds.image_path(r)) for r in ds.split("test")], feature_cache)
     raw = method.member_scores(inputs)[0]
     reloaded = TagModel.load(tmp_path / "m")
-    # The offsets only rank: scores stay the combiner's own, the top-k order follows logit(score) + offset.
+    # The offsets only choose: scores stay the combiner's own; a balanced top k keeps each photo's best-scoring tag
+    # and fills the rest by logit(score) + offset, listed by score.
     scores = reloaded.score_inputs(inputs)
     np.testing.assert_allclose(scores, raw, rtol=1e-6)
     np.testing.assert_allclose(reloaded.method.rank_offset(), method.offsets_["average"])
-    balanced = apply_offsets(raw, method.offsets_["average"])
+    balanced = balanced_ranking(raw, method.offsets_["average"])
     np.testing.assert_allclose(reloaded.ranking_scores(scores, balanced=True), balanced, rtol=1e-6)
     np.testing.assert_allclose(reloaded.ranking_scores(scores), scores)  # balanced top-k is opt-in
     names = [f"img{i}" for i in range(len(raw))]
-    top2 = reloaded.format_predictions(names, scores, top_k=2, balanced=True)
-    for row, predicted in zip(balanced, top2, strict=True):
-        assert [t["tag"] for t in predicted["tags"]] == [reloaded.tags[j] for j in np.argsort(-row, kind="stable")[:2]]
+    top3 = reloaded.format_predictions(names, scores, top_k=3, balanced=True)
+    moved = 0
+    for row, ranked, predicted in zip(scores, balanced, top3, strict=True):
+        chosen = np.argsort(-ranked, kind="stable")[:3]
+        expected = chosen[np.argsort(-row[chosen], kind="stable")]
+        assert [t["tag"] for t in predicted["tags"]] == [reloaded.tags[j] for j in expected]
+        assert predicted["tags"][0]["tag"] == reloaded.tags[int(np.argmax(row))]
+        moved += set(chosen) != set(np.argsort(-row, kind="stable")[:3])
+    assert moved > 0, "the offsets changed no photo's top 3"
     plain = reloaded.format_predictions(names, scores, top_k=2)
     for row, predicted in zip(scores, plain, strict=True):
         assert [t["tag"] for t in predicted["tags"]] == [reloaded.tags[j] for j in np.argsort(-row, kind="stable")[:2]]
     # The threshold rule ignores the offsets, balanced or not.
     assert reloaded.format_predictions(names, scores, balanced=True) == model.format_predictions(names, raw)
     reloaded.decision.balanced = True  # a model can make balanced top-k its default
-    assert reloaded.format_predictions(names, scores, top_k=2) == top2
+    assert reloaded.format_predictions(names, scores, top_k=3) == top3
     reloaded.method.set_combiner("stacker")
     assert reloaded.method.rank_offset() is None
     with pytest.raises(ValueError, match="no balancing offsets"):

@@ -39,14 +39,16 @@ def test_per_tag_thresholds():
     assert [[i for i, _ in row] for row in rule.select(SCORES)] == [[1, 2, 3], [4]]
 
 
-def test_rank_offset_reorders_top_k_only_and_keeps_the_scores():
-    offset = np.array([-10.0, 0.0, 3.0, 0.0, 0.0])  # logit shifts: tag 2 (0.31) now outranks tag 0 (0.9)
+def test_rank_offset_chooses_top_k_only_keeps_the_best_tag_and_the_scores():
+    offset = np.array([-10.0, 0.0, 3.0, 0.0, 0.0])  # logit shifts: tag 2 (0.31) now outranks tags 1 (0.5) and 0
+    # Each row's best-scoring tag stays (0 and 4), the offsets pick the second (2, not 1 or 0), listed by score.
     assert [[i for i, _ in row] for row in DecisionRule().select(SCORES, top_k=2, rank_offset=offset)] == [
-        [2, 1],
-        [2, 4],
+        [0, 2],
+        [4, 2],
     ]
-    chosen = DecisionRule().select(SCORES, top_k=1, rank_offset=offset)
-    assert [s for _, s in chosen[0]] == pytest.approx([0.31])  # the reported score is the probability
+    chosen = DecisionRule().select(SCORES, top_k=2, rank_offset=offset)
+    assert [s for _, s in chosen[0]] == pytest.approx([0.9, 0.31])  # the reported scores are the probabilities
+    assert DecisionRule().select(SCORES, top_k=1, rank_offset=offset) == DecisionRule().select(SCORES, top_k=1)
     # Without top_k the threshold rule ignores the offsets.
     assert DecisionRule().select(SCORES, rank_offset=offset) == DecisionRule().select(SCORES)
 
@@ -150,10 +152,14 @@ def test_default_model_loads():
     shipped = {p.name for p in (model.path / "backbones").glob("*.onnx")}
     assert shipped == {onnx_file_name(s) for s in specs.values()}
     assert (model.path / "backbones" / "NOTICE").is_file()
-    # Corel5k words and the ImageNet keywords in one vocabulary; the mapping's broad words are categories.
+    # Corel5k words and the ImageNet keywords in one vocabulary; the mapping's broad words are categories, except
+    # the Corel5k words among them (people, water, vehicle), which the Corel5k heads learnt as words.
     assert model.method.name == "merged" and len(model.tags) > 1000
     categories = {t for t, c in zip(model.tags, model.decision.categories, strict=True) if c}
-    assert {"animal", "vehicle", "people", "water"} <= categories and not {"dog", "sky", "sunset"} & categories
+    assert {"animal", "mammal", "furniture"} <= categories
+    assert not {"dog", "sky", "sunset", "people", "water", "vehicle"} & categories
+    assert {"people", "water", "vehicle"} <= set(model.tags)
+    assert model.decision.balanced  # its top-k decisions are balanced unless a call says otherwise
 
 
 def test_merge_models_scores_the_union_of_vocabularies(tmp_path):

@@ -95,17 +95,46 @@ def apply_offsets(scores: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-(logit(scores) + np.asarray(offsets, dtype=np.float64))))).astype(np.float32)
 
 
+def balanced_ranking(scores: np.ndarray, offsets: np.ndarray, *, exclude: np.ndarray | None = None) -> np.ndarray:
+    """The scores ``(n_images, n_tags)`` that choose a balanced top k: ``sigmoid(logit(s) + offset)`` per tag, except
+    that each image's highest-scoring tag ranks first whatever its offset (among the tags not in ``exclude``, a
+    ``(n_tags,)`` bool mask). So a balanced top k never drops the photo's most likely tag, and fills the other places
+    with the tags the offsets favour (on Corel5k folds this kept the first tag's precision, 0.80 against 0.82 for
+    the plain ranking shown in score order, where ranking every tag by its offset gave 0.70).
+
+    Example:
+        >>> s = np.array([[0.9, 0.5, 0.2]])
+        >>> top_k_mask(balanced_ranking(s, np.array([-9.0, 0.0, 4.0])), 2).astype(int).tolist()
+        [[1, 0, 1]]
+    """
+    scores = np.asarray(scores)
+    ranking = apply_offsets(scores, offsets)
+    if scores.size:
+        candidates = scores if exclude is None else np.where(np.asarray(exclude, dtype=bool), -np.inf, scores)
+        ranking[np.arange(len(scores)), np.argmax(candidates, axis=1)] = 2.0  # above every sigmoid
+    return ranking
+
+
 def tag_balance_offsets(
-    y_true: np.ndarray, scores: np.ndarray, *, k: int = 5, power: float = 1.0, steps: int = 300, rate: float = 0.5
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    *,
+    k: int = 5,
+    power: float = 1.0,
+    strength: float = 1.0,
+    steps: int = 300,
+    rate: float = 0.5,
 ) -> np.ndarray:
-    """Per-tag logit offsets that make each tag's top-``k`` count match its true count (to the ``power``).
+    """Per-tag logit offsets that make each tag's top-``k`` count match its true count (to the ``power``), scaled by
+    ``strength``.
 
     The target count of tag t is ``n_t ** power`` rescaled so all targets sum to ``k × n_images`` (every top-k slot
     is used); ``power`` 1 predicts each tag in proportion to how often it occurs, lower powers favour rare tags
     more. The offsets are found by updates ``b_t += rate_i × (log(target_t + 1) - log(count_t + 1))`` with a
     decaying step ``rate_i``, keeping the iterate with the smallest total count error.
     Fit them on scores of images the model did not train on (out-of-fold), or frequent tags look easier than they
-    are.
+    are. ``strength`` multiplies the fitted offsets: above 1 it holds frequent tags back further than the counts ask
+    (on Corel5k folds, 1.25 with ``k`` 2 and ``power`` 1 gave the best per-word F1@5, docs/default_model.md).
 
     Returns:
         ``(n_tags,)`` float32 offsets (tags with no positive image have target 0 and are pushed down).
@@ -125,6 +154,8 @@ def tag_balance_offsets(
         raise ValueError(f"k must be between 1 and the number of tags ({truth.shape[1]}). Got {k} instead.")
     if power < 0:
         raise ValueError(f"power must be >= 0. Got {power} instead.")
+    if strength < 0:
+        raise ValueError(f"strength must be >= 0. Got {strength} instead.")
     counts = truth.sum(axis=0).astype(np.float64)
     target = np.where(counts > 0, counts, 0.0) ** power * (counts > 0)
     target *= k * len(truth) / max(target.sum(), 1e-12)
@@ -138,4 +169,4 @@ def tag_balance_offsets(
             best, best_error = offsets.copy(), error
         # A decaying step: counts move in jumps, and a fixed step can oscillate around the target.
         offsets += rate / (1.0 + step / 30.0) * (np.log(target + 1.0) - np.log(predicted + 1.0))
-    return best.astype(np.float32)
+    return (strength * best).astype(np.float32)

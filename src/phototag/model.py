@@ -26,7 +26,7 @@ import numpy as np
 
 from . import __version__
 from .backbones import BackboneSpec
-from .calibration import apply_offsets
+from .calibration import balanced_ranking
 from .errors import ModelFormatError
 from .features import FeatureStore, ImageItem
 from .fileio import atomic_directory
@@ -52,10 +52,11 @@ class DecisionRule:
     exactly the K best tags whatever their scores; ``threshold`` alone keeps the cap; both apply both.
 
     A ``rank_offset`` (per-tag logit offsets a method fitted, see :meth:`TaggingMethod.rank_offset`) changes which
-    tags make the top k, ranking by ``logit(score) + offset``; the scores reported stay the method's probabilities.
-    :class:`TagModel` passes the method's offsets only for *balanced* top-k decisions (``balanced``, or
-    ``--balanced`` per call): they trade the most likely tags for rarer ones, which per-word benchmarks reward but a
-    user asking for "the 5 best tags" may not expect.
+    tags make the top k: the image's best-scoring tag stays, and the other places go by ``logit(score) + offset``
+    (:func:`phototag.calibration.balanced_ranking`); the chosen tags are listed by score, and the scores reported stay
+    the method's probabilities. :class:`TagModel` passes the method's offsets only for *balanced* top-k decisions
+    (``balanced``, the model's default when its method or build says so, or ``--balanced`` per call): they give
+    rarer tags places that frequent ones would take, which per-word benchmarks reward.
 
     ``categories`` ``(n_tags,)`` marks broad words (animal, vehicle, water: a sum over many narrower words, as the
     default model's ImageNet part gives them) that never take a keyword's place: they are left out of the ranking
@@ -80,8 +81,9 @@ class DecisionRule:
     ) -> list[list[tuple[int, float]]]:
         """For each row of ``scores`` ``(n_images, n_tags)``: the chosen ``(tag index, score)``, best first.
 
-        ``rank_offset`` ``(n_tags,)`` orders the tags for ``top_k`` (see the class docstring); the threshold rule
-        without ``top_k`` ranks by the scores themselves.
+        ``rank_offset`` ``(n_tags,)`` chooses the tags for ``top_k`` (:func:`phototag.calibration.balanced_ranking`:
+        the image's best-scoring keyword and the others by ``logit(score) + offset``), listed by score; the threshold
+        rule without ``top_k`` ranks by the scores themselves.
         """
         if top_k is not None and (not isinstance(top_k, int | np.integer) or top_k < 1):
             raise ValueError(f"top_k must be an int >= 1. Got {top_k!r} instead.")
@@ -93,10 +95,11 @@ class DecisionRule:
         else:
             cut = -np.inf if threshold is None else float(threshold)
             limit = top_k
-        ranking = scores if top_k is None or rank_offset is None else apply_offsets(scores, rank_offset)
         n_tags = scores.shape[1]
         cut_array = np.broadcast_to(np.asarray(cut, dtype=np.float64), (n_tags,))
         broad = self.category_mask(n_tags)
+        balanced = top_k is not None and rank_offset is not None
+        ranking = balanced_ranking(scores, rank_offset, exclude=broad) if balanced else scores
         if broad is not None:
             ranking = np.where(broad, -np.inf, ranking)  # categories never take a keyword's place
             bar = cut_array if np.isfinite(cut_array).all() else self.own_thresholds(n_tags)
@@ -107,6 +110,8 @@ class DecisionRule:
         chosen = []
         for row, idx in zip(scores, order, strict=True):
             keep = idx[row[idx] >= cut_array[idx]]
+            if balanced:  # the offsets chose the tags; they are listed by score
+                keep = keep[np.argsort(-row[keep], kind="stable")]
             if broad is not None:
                 keep = keep[~broad[keep]]
                 extra = broad_columns[row[broad_columns] >= bar[broad_columns]]
@@ -242,11 +247,18 @@ class TagModel:
             )
         return offset
 
-    def ranking_scores(self, scores: np.ndarray, *, balanced: bool | None = None) -> np.ndarray:
-        """The scores ``(n_images, n_tags)`` that order each image's tags for top-k decisions: ``scores`` shifted by
-        :meth:`rank_offset` for balanced decisions, else ``scores`` itself."""
+    def ranking_scores(
+        self, scores: np.ndarray, *, balanced: bool | None = None, columns: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The scores ``(n_images, n_tags)`` that choose each image's tags for top-k decisions: for balanced
+        decisions :func:`~phototag.calibration.balanced_ranking` with :meth:`rank_offset`, else ``scores`` itself.
+        ``columns`` (a bool mask or indices over the tags) restricts the choice to those tags, as when only a dataset's
+        words are scored; the result then has just those columns."""
         offset = self.rank_offset(balanced)
-        return scores if offset is None else apply_offsets(scores, offset)
+        if columns is not None:
+            scores = scores[:, columns]
+            offset = None if offset is None else offset[columns]
+        return scores if offset is None else balanced_ranking(scores, offset)
 
     def score_images(
         self,

@@ -283,9 +283,9 @@ def evaluate(
         return {**evaluate_labels(truth, label_scores, names), "labels_without_tag": " ".join(missing) or "none"}
     n_model = len(model.vocab)
     threshold = model.decision.own_thresholds(n_model)
-    ranking = model.ranking_scores(scored.scores, balanced=balanced)
+    ranking = model.ranking_scores(scored.scores, balanced=balanced, columns=kept)
     if kept is not None:
-        threshold, ranking = threshold[kept], ranking[:, kept]
+        threshold = threshold[kept]
     result = evaluate_scores(
         targets, scores, k=k, threshold=threshold, max_tags=model.decision.max_tags, ranking_scores=ranking
     )

@@ -130,9 +130,10 @@ def add_balanced_option(parser: argparse.ArgumentParser) -> None:
         "--balanced",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="top-k: rank by the model's balancing offsets, so rare tags get their share (2pknn models, ensembles "
-        "trained with --set balance=P; the default model has them); --no-balanced ranks by score (default: the "
-        "model's own choice: balanced for 2pknn models, by score otherwise)",
+        help="top-k: keep each photo's best tag and choose the others by the model's balancing offsets, so rare "
+        "tags get their share (2pknn models, ensembles trained with --set balance=P, the default model); "
+        "--no-balanced takes the k best scores (default: the model's own choice: balanced for the default model "
+        "and 2pknn models, by score otherwise)",
     )
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import apply_offsets, tag_balance_offsets
+from ..calibration import balanced_ranking, tag_balance_offsets
 from ..metrics import mean_average_precision, per_tag_at_k
 from .base import TaggingMethod, create_method, get_method_class, register_method
 
@@ -62,6 +62,7 @@ class EnsembleConfig:
     # > 0: per-tag top-k ranking offsets so tag t is in a top balance_k about as often as n_t ** balance; 0 = off
     balance: float = 0.0
     balance_k: int = 5  # the top-k the balancing offsets are fitted for
+    balance_strength: float = 1.0  # the fitted offsets are multiplied by this (> 1 holds frequent tags back more)
     vote_threshold: float = 0.5  # a member votes for a tag when its score is at least this ("round")
     weights: list[float] = field(default_factory=list)  # members' weights in "average" and "vote"; empty = equal
     seed: int = 0  # seeds the folds and the stacker
@@ -176,8 +177,11 @@ class EnsembleTagger(TaggingMethod):
                 f"weights must give each of the {len(cfg.members)} members a weight >= 0 (not all 0). "
                 f"Got {cfg.weights} instead."
             )
-        if cfg.balance < 0 or cfg.balance_k < 1:
-            raise ValueError(f"balance must be >= 0 and balance_k >= 1. Got {cfg.balance} and {cfg.balance_k} instead.")
+        if cfg.balance < 0 or cfg.balance_k < 1 or cfg.balance_strength < 0:
+            raise ValueError(
+                "balance and balance_strength must be >= 0 and balance_k >= 1. "
+                f"Got {cfg.balance}, {cfg.balance_strength} and {cfg.balance_k} instead."
+            )
         if cfg.balance > 0 and cfg.stack_folds < 2:
             raise ValueError("balance needs out-of-fold scores: set stack_folds >= 2 (or balance=0).")
 
@@ -270,7 +274,9 @@ class EnsembleTagger(TaggingMethod):
             k = min(cfg.balance_k, n_tags)
             for name in COMBINERS[:-1]:  # the fixed combiners; the stacker learns its own biases
                 combined = combine(oof, name, vote_threshold=cfg.vote_threshold, weights=cfg.weights)
-                self.offsets_[name] = tag_balance_offsets(y, combined, k=k, power=cfg.balance)
+                self.offsets_[name] = tag_balance_offsets(
+                    y, combined, k=k, power=cfg.balance, strength=cfg.balance_strength
+                )
         if oof is not None:
             self.stacker_ = self._fit_stacker(oof, y, val_scores, yv)
         elif val_scores is not None:
@@ -283,9 +289,10 @@ class EnsembleTagger(TaggingMethod):
         if have_val:
             # Validation metrics of every combiner and every member: does the ensemble beat its best member?
             scored = {name: self._combine(val_scores, name) for name in COMBINERS}
-            # A balanced combiner: mAP from its own scores, the top 5 of each photo by logit(score) + offset.
+            # A balanced combiner: mAP from its own scores, the top 5 of each photo as balanced decisions choose them.
             ranked = {
-                f"{name} + balance": (scored[name], apply_offsets(scored[name], b)) for name, b in self.offsets_.items()
+                f"{name} + balance": (scored[name], balanced_ranking(scored[name], b))
+                for name, b in self.offsets_.items()
             }
             scored.update({f"member {m}": s for m, s in zip(cfg.members, val_scores, strict=True)})
             self.validation_ = {name: _summary(yv, s) for name, s in scored.items()}

@@ -143,7 +143,7 @@ class MergedTagger(TaggingMethod):
         return out / np.maximum(count, 1) if mean else out
 
     def fit_offsets(
-        self, targets: np.ndarray, scores: np.ndarray, tags: np.ndarray, *, k: int, power: float
+        self, targets: np.ndarray, scores: np.ndarray, tags: np.ndarray, *, k: int, power: float, strength: float = 1.0
     ) -> np.ndarray:
         """Balancing offsets of the merged model itself, fitted on merged scores ``(n, n_tags)`` of photos no part
         was trained on (out-of-fold scores) with their ``targets`` ``(n, n_tags)``, for the columns ``tags`` that
@@ -153,7 +153,9 @@ class MergedTagger(TaggingMethod):
 
         tags = np.asarray(tags, dtype=np.int64)
         offsets = np.zeros(self.n_tags_, dtype=np.float32)
-        offsets[tags] = tag_balance_offsets(np.asarray(targets)[:, tags], scores[:, tags], k=k, power=power)
+        offsets[tags] = tag_balance_offsets(
+            np.asarray(targets)[:, tags], scores[:, tags], k=k, power=power, strength=strength
+        )
         self.offsets_ = offsets
         return offsets
 

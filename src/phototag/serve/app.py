@@ -460,7 +460,11 @@ def build_app(model: TagModel, config: ServiceConfig, identity: ModelIdentity) -
         ] = None,
         top_k: Annotated[int | None, Query(ge=1, le=10_000, description="return exactly the K best tags")] = None,
         balanced: Annotated[
-            bool | None, Query(description="top_k ranked by the model's balancing offsets (rare tags get a share)")
+            bool | None,
+            Query(
+                description="top_k: the best tag, then the others by the model's balancing offsets (rare tags get a "
+                "share); default: the model's own choice"
+            ),
         ] = None,
         threshold: Annotated[
             float | None,
