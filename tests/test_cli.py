@@ -246,7 +246,7 @@ def test_tag_with_examples_uses_default_model(capsys):
         keywords = [t for t in line["tags"] if t["tag"] not in broad]
         return keywords, line["tags"][len(keywords) :]
 
-    code, out, _ = run(capsys, ["-q", "tag", "--examples", "--format", "jsonl", "--top-k", "3"])
+    code, out, _ = run(capsys, ["-q", "tag", "--examples", "--format", "jsonl", "--top-k", "3", "--no-balanced"])
     assert code == 0
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) >= 4
@@ -257,12 +257,16 @@ def test_tag_with_examples_uses_default_model(capsys):
         # Plain top-k lists the most likely keywords, best first.
         assert [t["score"] for t in keywords] == sorted((t["score"] for t in keywords), reverse=True)
     assert any(split(line)[1] for line in lines)  # some photo gets a category (the cat: animal, mammal, pet)
-    code, out, _ = run(capsys, ["-q", "tag", "--examples", "--format", "jsonl", "--top-k", "3", "--balanced"])
+    # The default model's top k is balanced unless asked otherwise.
+    code, out, _ = run(capsys, ["-q", "tag", "--examples", "--format", "jsonl", "--top-k", "3"])
     assert code == 0
     balanced = [json.loads(line) for line in out.splitlines()]
     assert [b["image"] for b in balanced] == [p["image"] for p in lines]
-    assert all(len(split(b)[0]) == 3 for b in balanced)
-    # The default model's offsets favour rare words: some photo's balanced top 3 differs from its plain top 3.
+    for b, p in zip(balanced, lines, strict=True):
+        keywords = split(b)[0]
+        assert len(keywords) == 3 and keywords[0] == split(p)[0][0]  # the photo's best keyword stays first
+        assert [t["score"] for t in keywords] == sorted((t["score"] for t in keywords), reverse=True)
+    # The offsets favour rare words: some photo's balanced top 3 differs from its plain top 3.
     assert any(
         {t["tag"] for t in split(b)[0]} != {t["tag"] for t in split(p)[0]} for b, p in zip(balanced, lines, strict=True)
     )

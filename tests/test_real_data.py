@@ -69,61 +69,107 @@ def test_default_method_on_a_natural_scene_folder_and_csv(corel5k_dir, tmp_path,
     assert metrics["map"] >= 0.85, metrics
 
 
-def test_shipped_default_model_on_corel5k_heldout_photos(corel5k_heldout):
-    """The shipped default model on the 500 Corel5k photos held out when it was built (never seen in training,
-    early stopping or calibration): the issue's F1@5 bar, and the numbers recorded in the model are reproduced."""
+def _build_script():
+    """scripts/build_default_model.py as a module (its recipe constants)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_default_model.py"
+    spec = importlib.util.spec_from_file_location("build_default_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_model_recipe_on_corel5k_heldout_photos(corel5k_heldout, real_feature_cache):
+    """The shipped model's recipe (its Corel5k part, as scripts/build_default_model.py trains it) on the 4,000 photos
+    left after holding out 500, measured on those 500 (never seen in training or calibration). The shipped model
+    trains on all 4,500, so this is the check: balanced top 5 (its default) beats plain top 5 on both F1@5 and N+,
+    keeps each photo's best tag, and leaves the scores (mAP, the 0.3 rule) alone."""
+    from phototag.pipeline import evaluate, train
+    from phototag.settings import parse_set_options
+
+    script = _build_script()
+    model = train(
+        corel5k_heldout,
+        method="ensemble",
+        config=parse_set_options(script.ENSEMBLE_RECIPE),
+        val_fraction=0.0,
+        cache_dir=real_feature_cache,
+        progress=False,
+    )
+    model.decision.balanced = script.BALANCED
+    balanced = evaluate(model, corel5k_heldout, split="test", k=5, progress=False, cache_dir=real_feature_cache)
+    plain = evaluate(
+        model, corel5k_heldout, split="test", k=5, balanced=False, progress=False, cache_dir=real_feature_cache
+    )
+    assert balanced["n_images"] == 500 and balanced["unreadable_images"] == 0
+    # Measured when it was built (2026-12-02): F1@5 0.489 / N+ 181 balanced, 0.454 / 161 plain. The balancing was
+    # chosen on 5 folds of the training photos, where it lifted both.
+    assert balanced["tag@5_f1"] >= 0.45, balanced
+    assert balanced["tag@5_f1"] >= plain["tag@5_f1"], (plain, balanced)
+    assert balanced["tag@5_n_plus"] >= plain["tag@5_n_plus"] + 10, (plain, balanced)
+    for key in ("map", "image_f1_mean", "miap"):
+        assert balanced[key] == plain[key]
+
+
+def test_shipped_default_model_records_its_check_and_tags_corel5k_photos(corel5k_heldout):
+    """The shipped default model: balanced top-k by default; the numbers of its recipe's check on the 500 held-out
+    photos are recorded in it (``info.heldout``, ``info.heldout_plain``); it loads with its own backbone graphs and
+    tags those photos (now among its training photos: it trains on all 4,500) at least as well as the check."""
     from phototag.model import load_model
     from phototag.pipeline import evaluate
 
     model = load_model()
+    assert model.decision.balanced and model.method.rank_offset() is not None
+    recorded, plain = model.info["heldout"], model.info["heldout_plain"]
+    assert recorded["n_images"] == 500 and recorded["tag@5_f1"] >= 0.45, recorded
+    assert recorded["tag@5_n_plus"] >= plain["tag@5_n_plus"] + 10, (plain, recorded)
+    assert recorded["map"] == plain["map"]
+    assert "4,500" in model.info["dataset"] and "500" in model.info["heldout_measured_on"]
     result = evaluate(model, corel5k_heldout, split="test", k=5, progress=False)
-    recorded = model.info["heldout"]
     assert result["n_images"] == 500 and result["unreadable_images"] == 0
-    assert result["tag@5_f1"] >= 0.42, result
-    # Features may differ in the last bits between CPUs; the recorded numbers are from the build machine.
-    assert result["tag@5_f1"] == pytest.approx(recorded["tag@5_f1"], abs=0.005)
-    assert abs(result["tag@5_n_plus"] - recorded["tag@5_n_plus"]) <= 2
-    assert result["map"] == pytest.approx(recorded["map"], abs=0.005)
-    assert result["image_f1_mean"] == pytest.approx(recorded["image_f1_mean"], abs=0.005)
+    assert result["tag@5_f1"] >= recorded["tag@5_f1"] and result["map"] >= recorded["map"], result
 
 
-def test_default_model_balancing_lifts_n_plus_and_leaves_the_threshold_rule_alone(corel5k_heldout):
-    """The shipped model's top-k balancing offsets (opt-in: ``--balanced``) on the held-out photos: its Corel5k part's
-    own (fitted on the part's out-of-fold scores) and the merged model's (fitted on the merged out-of-fold scores)
-    each find more words at 5 per photo (N+) than plain top 5, while the scores, and so mAP and the 0.3 rule, are
-    unchanged; the merged model's recorded numbers are reproduced."""
-    from phototag.calibration import apply_offsets
+def test_default_model_balanced_top_k_keeps_each_photos_best_tag(corel5k_heldout):
+    """Balanced top 5 on the shipped model: each photo's best-scoring keyword stays first, the tags are listed by
+    score, the others change on many photos, and the scores are the plain ones. (Whether that finds more words is
+    checked on photos the model never saw, by the recipe test above: these are among the shipped model's training
+    photos.)"""
     from phototag.inputs import build_inputs
     from phototag.metrics import evaluate_scores
     from phototag.model import load_model
-    from phototag.pipeline import evaluate
     from phototag.runtime import RunOptions
 
     model = load_model()
-    assert model.method.rank_offset() is not None and not model.decision.balanced
-    corel = model.method.parts_[0]
-    records = corel5k_heldout.split("test")
-    truth = model.vocab.transform([r.tags for r in records])[:, model.method.columns_[0]]
+    records = corel5k_heldout.split("test")[:200]
     batch = build_inputs(
-        corel,
+        model.method,
         [corel5k_heldout.image_path(r) for r in records],
         options=RunOptions(progress=False),
         search=[model.path / "backbones"],
     )
     assert batch.ok.all()
-    scores = corel.score(batch.inputs)
-    plain = evaluate_scores(truth, scores, k=5)
-    balanced = evaluate_scores(truth, scores, k=5, ranking_scores=apply_offsets(scores, corel.rank_offset()))
-    # Measured at build time: N+ 159 plain, 180 balanced (docs/default_model.md).
-    assert balanced["tag@5_n_plus"] >= plain["tag@5_n_plus"] + 10, (plain, balanced)
-    assert balanced["tag@5_f1"] >= 0.42
+    scores = model.score_inputs(batch.inputs)
+    names = [r.id for r in records]
+    balanced = model.format_predictions(names, scores, top_k=5)
+    plain = model.format_predictions(names, scores, top_k=5, balanced=False)
+    keywords = ~model.decision.category_mask(len(model.tags))
+    changed = 0
+    for row, b, p in zip(scores, balanced, plain, strict=True):
+        chosen = [t for t in b["tags"] if keywords[model.tags.index(t["tag"])]]
+        assert len(chosen) == 5
+        assert chosen[0]["tag"] == p["tags"][0]["tag"] == model.tags[int(np.argmax(np.where(keywords, row, -1)))]
+        assert [t["score"] for t in chosen] == sorted((t["score"] for t in chosen), reverse=True)
+        changed += {t["tag"] for t in chosen} != {t["tag"] for t in p["tags"] if keywords[model.tags.index(t["tag"])]}
+    assert changed >= 50, changed
+    truth = model.vocab.transform([r.tags for r in records])
+    columns = model.method.columns_[0]
+    both = [
+        evaluate_scores(truth[:, columns], scores[:, columns], k=5, ranking_scores=ranking)
+        for ranking in (model.ranking_scores(scores, columns=columns), None)
+    ]
+    assert both[0]["tag@5_f1"] != both[1]["tag@5_f1"]
     for key in ("map", "image_f1_mean", "miap"):
-        assert balanced[key] == plain[key]
-    merged = evaluate(model, corel5k_heldout, split="test", k=5, balanced=True, progress=False)
-    # Measured at build time: N+ 157 plain, 179 balanced.
-    assert merged["tag@5_n_plus"] >= model.info["heldout"]["tag@5_n_plus"] + 10, merged
-    assert merged["tag@5_f1"] >= 0.42
-    recorded = model.info["heldout_balanced"]
-    assert merged["tag@5_f1"] == pytest.approx(recorded["tag@5_f1"], abs=0.005)
-    assert abs(merged["tag@5_n_plus"] - recorded["tag@5_n_plus"]) <= 2
-    assert merged["map"] == pytest.approx(model.info["heldout"]["map"], abs=1e-9)
+        assert both[0][key] == both[1][key]
