@@ -171,7 +171,7 @@ def test_bad_settings_are_refused():
     x, y = clustered_features(n=20, n_tags=2, dim=4)
     with pytest.raises(ValueError, match="'k1' parameter of 2pknn must be an int >= 1"):
         create_method("2pknn", k1=0, backbones=[]).fit({"features": x}, y)
-    with pytest.raises(ValueError, match="balance must be >= 0"):
+    with pytest.raises(ValueError, match="balance and balance_strength must be >= 0"):
         create_method("2pknn", balance=-1.0, backbones=[]).fit({"features": x}, y)
     with pytest.raises(ValueError, match="blocks .* or backbones, not both"):
         create_method("2pknn", blocks=[2, 2]).fit(

@@ -32,9 +32,11 @@ read as ``"backbone_features"``; four blocks, one per part, so a distance is the
 Balanced decisions (not in the paper): with ``balance`` > 0, per-tag logit offsets are fitted on leave-one-out
 scores of the training images so that each tag lands in a top ``balance_k`` about as often as its count to the
 power ``balance`` (:func:`phototag.calibration.tag_balance_offsets`); :meth:`rank_offset` gives them to balanced
-top-k decisions. A trained ``2pknn`` model makes them by default (``balanced_by_default``: its balancing settings
-were chosen on validation photos where balanced top 5 beat plain top 5 on F1@5 and N+); ``--no-balanced`` ranks
-by score. Scores are unchanged.
+top-k decisions (each photo's best-scoring tag stays, the other places follow the offsets,
+:func:`phototag.calibration.balanced_ranking`). A trained ``2pknn`` model makes them by default
+(``balanced_by_default``: its balancing settings, ``balance=1``, ``balance_k=1``, ``balance_strength=1.75``, were
+chosen on 5 folds of Corel5k training photos, where balanced top 5 beat plain top 5 on both F1@5 and N+,
+docs/knn_methods.md); ``--no-balanced`` ranks by score. Scores are unchanged.
 
 Online update: new images join the memory and the semantic neighbourhoods of their tags at once (new tags get
 one); learned weights and balancing offsets are kept (a new tag gets the median offset).
@@ -67,8 +69,9 @@ class TwoPassKNNConfig:
     standardize: bool = False  # standardise each feature dimension (training mean/std) before L2 normalising
     # > 0: per-tag offsets for balanced top-k decisions (--balanced), fitted on leave-one-out training scores so
     # tag t is in a top balance_k about as often as n_t ** balance; 0 = none
-    balance: float = 0.75
-    balance_k: int = 2  # the top-k the balancing offsets are fitted for
+    balance: float = 1.0
+    balance_k: int = 1  # the top-k the balancing offsets are fitted for
+    balance_strength: float = 1.75  # the fitted offsets are multiplied by this (> 1 holds frequent tags back more)
     balance_images: int = 10000  # training images whose leave-one-out scores fit the offsets (seeded sample)
     eps: float = 1e-5  # probability floor of the likelihood used by metric learning
     max_iter: int = 50  # L-BFGS iterations of metric learning
@@ -90,8 +93,8 @@ class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
     Config = TwoPassKNNConfig
     data_keys = ("features",)
     supports_update = True
-    #: Models saved before these settings voted on the model's backbone and fitted no offsets.
-    saved_defaults = {"backbones": [], "balance": 0.0}
+    #: Models saved before these settings voted on the model's backbone and fitted no offsets (or unscaled ones).
+    saved_defaults = {"backbones": [], "balance": 0.0, "balance_strength": 1.0}
 
     def fit(self, inputs, targets, *, val_inputs=None, val_targets=None, progress=True, tag_names=None):
         n = self.check_inputs(inputs)
@@ -101,8 +104,11 @@ class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
             raise ValueError(f"The 'k1' parameter of 2pknn must be an int >= 1. Got {cfg.k1} instead.")
         if cfg.weight < 0:
             raise ValueError(f"2pknn weight must be >= 0. Got {cfg.weight} instead.")
-        if cfg.balance < 0 or cfg.balance_k < 1:
-            raise ValueError(f"2pknn balance must be >= 0 and balance_k >= 1. Got {cfg.balance} and {cfg.balance_k}.")
+        if cfg.balance < 0 or cfg.balance_k < 1 or cfg.balance_strength < 0:
+            raise ValueError(
+                "2pknn balance and balance_strength must be >= 0 and balance_k >= 1. "
+                f"Got {cfg.balance}, {cfg.balance_strength} and {cfg.balance_k}."
+            )
         if not targets.any():
             raise ValueError("2pknn needs training images with tags; every target row is empty.")
         features, blocks = self._features_and_blocks(inputs)
@@ -131,7 +137,7 @@ class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
         with tqdm(total=len(rows), desc="2pknn balancing offsets", disable=not progress, leave=False) as bar:
             scores = self._votes(bank[rows], bank, exclude=rows, bar=bar)
         k = min(cfg.balance_k, self.n_tags_)
-        return tag_balance_offsets(targets[rows], scores, k=k, power=cfg.balance)
+        return tag_balance_offsets(targets[rows], scores, k=k, power=cfg.balance, strength=cfg.balance_strength)
 
     def rank_offset(self) -> np.ndarray | None:
         """The balancing offsets (``balance`` > 0) for balanced top-k decisions, else ``None``."""
