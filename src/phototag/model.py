@@ -58,7 +58,7 @@ class DecisionRule:
     (``balanced``, the model's default when its method or build says so, or ``--balanced`` per call): they give
     rarer tags places that frequent ones would take, which per-word benchmarks reward.
 
-    ``categories`` ``(n_tags,)`` marks broad words (animal, vehicle, water: a sum over many narrower words, as the
+    ``categories`` ``(n_tags,)`` marks broad words (animal, mammal, furniture: a sum over many narrower words, as the
     default model's ImageNet part gives them) that never take a keyword's place: they are left out of the ranking
     for ``top_k`` and ``max_tags`` and added after the chosen keywords when they reach the threshold (``threshold``,
     or the model's own threshold for a ``top_k`` decision without one), best first. So a list can be longer than
