@@ -220,6 +220,26 @@ def test_balance_offsets_match_top_k_counts_to_tag_frequencies():
     assert before[0] < 0.5 * target[0] < after[0]  # the rarest tag now gets its share of top-3 slots
     with pytest.raises(ValueError, match="power must be >= 0"):
         tag_balance_offsets(y, scores, power=-1)
+    # strength scales the fitted offsets.
+    np.testing.assert_allclose(tag_balance_offsets(y, scores, k=3, strength=1.5), 1.5 * offsets, rtol=1e-6)
+    with pytest.raises(ValueError, match="strength must be >= 0"):
+        tag_balance_offsets(y, scores, strength=-0.5)
+
+
+def test_balanced_ranking_keeps_each_images_best_tag():
+    from phototag.calibration import apply_offsets, balanced_ranking
+    from phototag.metrics import top_k_mask
+
+    scores = np.array([[0.9, 0.5, 0.2, 0.1], [0.3, 0.6, 0.05, 0.4]])
+    offsets = np.array([-9.0, 0.0, 4.0, 3.0])  # holds tag 0 back, favours tags 2 and 3
+    # Ranked by offset alone, tag 0 (0.9) would leave row 0's top 2; kept as the best tag, only its partner changes.
+    assert top_k_mask(apply_offsets(scores, offsets), 2).astype(int).tolist() == [[0, 0, 1, 1], [0, 0, 1, 1]]
+    assert top_k_mask(balanced_ranking(scores, offsets), 2).astype(int).tolist() == [[1, 0, 1, 0], [0, 1, 0, 1]]
+    # The best tag is taken among the tags not excluded (a category never counts as the photo's best keyword).
+    excluded = np.array([True, False, False, False])
+    ranking = balanced_ranking(scores, offsets, exclude=excluded)
+    assert np.argmax(ranking[0]) == 1 and np.argmax(ranking[1]) == 1
+    np.testing.assert_array_equal(balanced_ranking(scores[:0], offsets), np.zeros((0, 4)))
 
 
 def test_ensemble_balance_offsets_are_fitted_out_of_fold_and_saved(synthetic_dataset, feature_cache, tmp_path):
