@@ -113,6 +113,33 @@ def test_drel_add_tags_keeps_old_scores(task):
     np.testing.assert_array_equal(after[:, : y.shape[1]], before)
 
 
+def test_drel_fits_balancing_offsets_that_survive_saving_and_new_tags(task, tmp_path):
+    """balance > 0 (the default): offsets fitted on the training images' scores; a trained model makes balanced
+    top-k decisions by default; the offsets survive saving, and a tag added later gets the median offset."""
+    from phototag.model import DecisionRule, TagModel
+    from phototag.vocab import TagVocabulary
+
+    x, y, xt, _ = task
+    y = y.copy()
+    y[:, 0] = 1  # a tag every image carries: the offsets hold it back
+    drel = create_method("drel", max_epochs=5, **SMALL_DREL).fit({"features": x}, y, progress=False)
+    offsets = drel.rank_offset()
+    assert offsets.shape == (y.shape[1],) and offsets[0] == offsets.min() < np.median(offsets)
+    plain = create_method("drel", max_epochs=5, balance=0.0, **SMALL_DREL).fit({"features": x}, y, progress=False)
+    assert plain.rank_offset() is None
+    np.testing.assert_array_equal(plain.score({"features": xt}), drel.score({"features": xt}))
+    assert type(drel).balanced_by_default
+    vocab = TagVocabulary().fit([[f"t{i}" for i in range(y.shape[1])]])
+    TagModel(drel, vocab, decision=DecisionRule(balanced=True)).save(tmp_path / "model")
+    loaded = TagModel.load(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.rank_offset(), offsets)
+    loaded.method.add_tags(["new"])
+    assert loaded.method.rank_offset().shape == (y.shape[1] + 1,)
+    assert loaded.method.rank_offset()[-1] == np.median(offsets)
+    with pytest.raises(ValueError, match="balance and balance_strength must be >= 0"):
+        create_method("drel", balance=-1.0, backbones=[]).fit({"features": x}, y, progress=False)
+
+
 @pytest.mark.parametrize("name", ["drel", "knn"])
 def test_update_learns_a_new_tag_and_keeps_old_ones(name, task):
     x, y, xt, yt = task
