@@ -242,8 +242,8 @@ class TagModel:
         if offset is None and balanced:
             raise ValueError(
                 f"This '{self.method.name}' model has no balancing offsets for balanced top-k decisions. Train a "
-                "2pknn model (it fits them by default) or an ensemble with --set balance=P (P > 0, e.g. 0.25), or "
-                "leave balanced off."
+                "2pknn or drel model (they fit them by default) or an ensemble with --set balance=P (P > 0, e.g. "
+                "0.75), or leave balanced off."
             )
         return offset
 

@@ -133,7 +133,7 @@ def add_balanced_option(parser: argparse.ArgumentParser) -> None:
         help="top-k: keep each photo's best tag and choose the others by the model's balancing offsets, so rare "
         "tags get their share (2pknn models, ensembles trained with --set balance=P, the default model); "
         "--no-balanced takes the k best scores (default: the model's own choice: balanced for the default model "
-        "and 2pknn models, by score otherwise)",
+        "and 2pknn and drel models, by score otherwise)",
     )
 
 
