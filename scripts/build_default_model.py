@@ -160,10 +160,9 @@ def build(dataset, args, settings):
         val_fraction=0.0,
         seed=0,
     )
-    if args.method == "ensemble":
-        model.decision.balanced = BALANCED and model.method.rank_offset() is not None
     if not args.corel_only:
         model = with_imagenet(model, dataset, dataset.split("train"))
+    if args.method == "ensemble":
         model.decision.balanced = BALANCED and model.method.rank_offset() is not None
     return model
 

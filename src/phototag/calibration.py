@@ -115,6 +115,23 @@ def balanced_ranking(scores: np.ndarray, offsets: np.ndarray, *, exclude: np.nda
     return ranking
 
 
+def check_balance_settings(balance: float, balance_k: int, strength: float, *, method: str = "") -> None:
+    """Refuse balancing settings before any training: ``balance`` (the power) and ``strength`` must be >= 0,
+    ``balance_k`` >= 1 (the settings of every method that fits :func:`tag_balance_offsets`)."""
+    if balance < 0 or balance_k < 1 or strength < 0:
+        raise ValueError(
+            f"{method + ' ' if method else ''}balance and balance_strength must be >= 0 and balance_k >= 1. "
+            f"Got {balance}, {strength} and {balance_k} instead."
+        )
+
+
+def offsets_with_new_tags(offsets: np.ndarray | None, added: int) -> np.ndarray | None:
+    """``offsets`` grown by ``added`` tags learnt online, each given the median offset (``None`` stays ``None``)."""
+    if offsets is None or not added:
+        return offsets
+    return np.concatenate([offsets, np.full(added, np.median(offsets), dtype=np.float32)])
+
+
 def tag_balance_offsets(
     y_true: np.ndarray,
     scores: np.ndarray,

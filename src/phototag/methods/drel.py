@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..calibration import tag_balance_offsets
+from ..calibration import check_balance_settings, offsets_with_new_tags, tag_balance_offsets
 from ._ranking import (
     check_features,
     fit_global_platt,
@@ -171,11 +171,7 @@ class DRELTagger(JoinedBackbones, TaggingMethod):
             value = getattr(cfg, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"The '{name}' parameter of drel must be an int >= 1. Got {value!r} instead.")
-        if cfg.balance < 0 or cfg.balance_k < 1 or cfg.balance_strength < 0:
-            raise ValueError(
-                "drel balance and balance_strength must be >= 0 and balance_k >= 1. "
-                f"Got {cfg.balance}, {cfg.balance_strength} and {cfg.balance_k}."
-            )
+        check_balance_settings(cfg.balance, cfg.balance_k, cfg.balance_strength, method="drel")
 
     def _tag_base(self, tag_names: Sequence[str]) -> np.ndarray:
         """Fixed part of the tag embeddings ``(n, tag_dim)``: text vectors (tag_init="text") or zeros."""
@@ -319,9 +315,7 @@ class DRELTagger(JoinedBackbones, TaggingMethod):
         self.net_.grow(base, self._new_offsets(len(names), generator))
         columns = list(range(self.n_tags_, self.n_tags_ + len(names)))
         self.n_tags_ += len(names)
-        if getattr(self, "offsets_", None) is not None:  # a new tag gets the median offset
-            grown = np.full(len(names), np.median(self.offsets_), dtype=np.float32)
-            self.offsets_ = np.concatenate([self.offsets_, grown])
+        self.offsets_ = offsets_with_new_tags(self.rank_offset(), len(names))  # a new tag gets the median offset
         self._refresh()
         return columns
 

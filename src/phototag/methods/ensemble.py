@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import balanced_ranking, tag_balance_offsets
+from ..calibration import balanced_ranking, check_balance_settings, tag_balance_offsets
 from ..metrics import mean_average_precision, per_tag_at_k
 from .base import TaggingMethod, create_method, get_method_class, register_method
 
@@ -177,11 +177,7 @@ class EnsembleTagger(TaggingMethod):
                 f"weights must give each of the {len(cfg.members)} members a weight >= 0 (not all 0). "
                 f"Got {cfg.weights} instead."
             )
-        if cfg.balance < 0 or cfg.balance_k < 1 or cfg.balance_strength < 0:
-            raise ValueError(
-                "balance and balance_strength must be >= 0 and balance_k >= 1. "
-                f"Got {cfg.balance}, {cfg.balance_strength} and {cfg.balance_k} instead."
-            )
+        check_balance_settings(cfg.balance, cfg.balance_k, cfg.balance_strength)
         if cfg.balance > 0 and cfg.stack_folds < 2:
             raise ValueError("balance needs out-of-fold scores: set stack_folds >= 2 (or balance=0).")
 

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import tag_balance_offsets
+from ..calibration import check_balance_settings, offsets_with_new_tags, tag_balance_offsets
 from ._neighbour_memory import NeighbourMemory, append_update
 from ._neighbour_vote import VoteLikelihood, distance_weights, label_pairs, tag_neighbourhoods, vote
 from .base import JoinedBackbones, TaggingMethod, register_method
@@ -104,11 +104,7 @@ class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
             raise ValueError(f"The 'k1' parameter of 2pknn must be an int >= 1. Got {cfg.k1} instead.")
         if cfg.weight < 0:
             raise ValueError(f"2pknn weight must be >= 0. Got {cfg.weight} instead.")
-        if cfg.balance < 0 or cfg.balance_k < 1 or cfg.balance_strength < 0:
-            raise ValueError(
-                "2pknn balance and balance_strength must be >= 0 and balance_k >= 1. "
-                f"Got {cfg.balance}, {cfg.balance_strength} and {cfg.balance_k}."
-            )
+        check_balance_settings(cfg.balance, cfg.balance_k, cfg.balance_strength, method="2pknn")
         if not targets.any():
             raise ValueError("2pknn needs training images with tags; every target row is empty.")
         features, blocks = self._features_and_blocks(inputs)
@@ -161,9 +157,7 @@ class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
         """Add the new images to the memory and to the semantic neighbourhoods of their tags (new tags included).
         Balancing offsets are kept; a new tag gets the median offset."""
         added = append_update(self, inputs, targets, self._features(inputs))
-        if added and self.offsets_ is not None:
-            fill = np.full(added, np.median(self.offsets_), dtype=np.float32)
-            self.offsets_ = np.concatenate([self.offsets_, fill])
+        self.offsets_ = offsets_with_new_tags(self.offsets_, added)
         return self
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
