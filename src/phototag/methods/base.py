@@ -539,3 +539,24 @@ class JoinedBackbones:
         parts = self.backbone_blocks(inputs, names, "its backbones setting")
         blocks = [size for name, part in zip(names, parts, strict=True) for size in pooled_parts(name, part.shape[1])]
         return np.concatenate(parts, axis=1), blocks
+
+
+class BalancingOffsets:
+    """For methods that fit one set of balancing offsets (``2pknn``, ``drel``): :meth:`rank_offset` returns them,
+    and they are saved with the model as an ``offsets`` array. Mixed in before :class:`TaggingMethod`."""
+
+    offsets_: np.ndarray | None = None
+
+    def rank_offset(self) -> np.ndarray | None:
+        """The balancing offsets (``balance`` > 0) for balanced top-k decisions, else ``None``."""
+        return self.offsets_
+
+    def _offsets_state(self) -> dict[str, np.ndarray]:
+        """The offsets as a model array, or nothing when there are none."""
+        return {} if self.offsets_ is None else {"offsets": np.asarray(self.offsets_, np.float32)}
+
+    def _load_offsets(self, arrays: Mapping[str, Any]) -> None:
+        """Read the offsets saved by :meth:`_offsets_state`; only with ``balance`` > 0 in the settings, so that a
+        model loaded with ``balance: 0`` makes plain top-k decisions."""
+        balanced = self.config.balance > 0 and "offsets" in arrays  # type: ignore[attr-defined]
+        self.offsets_ = np.asarray(arrays["offsets"], np.float32) if balanced else None

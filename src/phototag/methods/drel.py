@@ -43,7 +43,7 @@ from ._ranking import (
     validation_f1,
 )
 from ._training import BestEpoch, StandardizedNet
-from .base import JoinedBackbones, TaggingMethod, register_method
+from .base import BalancingOffsets, JoinedBackbones, TaggingMethod, register_method
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def all_triplet_hinge(
 
 
 @register_method("drel")
-class DRELTagger(JoinedBackbones, TaggingMethod):
+class DRELTagger(BalancingOffsets, JoinedBackbones, TaggingMethod):
     """DR-EL: image network and tag network into one space, bilinear score ỹᵀMx̃, pairwise hinge on sampled triplets.
 
     Scores are ``sigmoid(a·s + b)`` of the bilinear score s, with one global (a, b) fitted on the training pairs
@@ -244,10 +244,6 @@ class DRELTagger(JoinedBackbones, TaggingMethod):
             self.offsets_ = tag_balance_offsets(y, scores, k=k, power=cfg.balance, strength=cfg.balance_strength)
         self._keep_replay(x, y, np.random.default_rng(cfg.seed))
         return self
-
-    def rank_offset(self) -> np.ndarray | None:
-        """The balancing offsets (``balance`` > 0) for balanced top-k decisions, else ``None``."""
-        return getattr(self, "offsets_", None)
 
     def _keep_replay(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
         """Keep a seeded random ``replay_size`` subset of images (features in float16) for rehearsal in update().
@@ -393,8 +389,7 @@ class DRELTagger(JoinedBackbones, TaggingMethod):
     def get_state(self):
         arrays = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
         arrays["replay_features"], arrays["replay_targets"] = self.replay_features_, self.replay_targets_
-        if getattr(self, "offsets_", None) is not None:
-            arrays["offsets"] = np.asarray(self.offsets_, dtype=np.float32)
+        arrays.update(self._offsets_state())
         return arrays, {
             "n_tags": int(self.n_tags_),
             "n_features": int(self.n_features_),
@@ -412,8 +407,7 @@ class DRELTagger(JoinedBackbones, TaggingMethod):
         net.load_state_dict({k[4:]: torch.from_numpy(np.asarray(v)) for k, v in arrays.items() if k.startswith("net.")})
         self.replay_features_ = np.asarray(arrays["replay_features"], dtype=np.float16)
         self.replay_targets_ = np.asarray(arrays["replay_targets"], dtype=np.uint8)
-        balanced = self.config.balance > 0 and "offsets" in arrays
-        self.offsets_ = np.asarray(arrays["offsets"], dtype=np.float32) if balanced else None
+        self._load_offsets(arrays)
         self.net_ = net.eval()
         self._refresh()
 

@@ -53,7 +53,7 @@ import numpy as np
 from ..calibration import check_balance_settings, offsets_with_new_tags, tag_balance_offsets
 from ._neighbour_memory import NeighbourMemory, append_update
 from ._neighbour_vote import VoteLikelihood, distance_weights, label_pairs, tag_neighbourhoods, vote
-from .base import JoinedBackbones, TaggingMethod, register_method
+from .base import BalancingOffsets, JoinedBackbones, TaggingMethod, register_method
 
 
 @dataclass
@@ -81,7 +81,7 @@ class TwoPassKNNConfig:
 
 
 @register_method("2pknn")
-class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
+class TwoPassKNNTagger(BalancingOffsets, JoinedBackbones, TaggingMethod):
     """2PKNN: each tag's K1 nearest training images form a balanced neighbourhood that votes with exp(-w·d).
 
     Scores lie in [0, 1] (the weighted share of the neighbourhood carrying the tag).
@@ -135,10 +135,6 @@ class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
         k = min(cfg.balance_k, self.n_tags_)
         return tag_balance_offsets(targets[rows], scores, k=k, power=cfg.balance, strength=cfg.balance_strength)
 
-    def rank_offset(self) -> np.ndarray | None:
-        """The balancing offsets (``balance`` > 0) for balanced top-k decisions, else ``None``."""
-        return getattr(self, "offsets_", None)
-
     def _learn_weights(self, targets: np.ndarray) -> np.ndarray:
         """Block weights maximising the leave-one-out likelihood of the training tags under 2PKNN votes."""
         cfg, memory = self.config, self.memory_
@@ -183,13 +179,11 @@ class TwoPassKNNTagger(JoinedBackbones, TaggingMethod):
         return out
 
     def get_state(self):
-        arrays = self.memory_.get_state() | {"weights": self.weights_}
-        if self.offsets_ is not None:
-            arrays["offsets"] = np.asarray(self.offsets_, np.float32)
+        arrays = self.memory_.get_state() | {"weights": self.weights_} | self._offsets_state()
         return arrays, {"n_tags": int(self.n_tags_)}
 
     def set_state(self, arrays, meta):
         self.memory_ = NeighbourMemory.from_state(arrays)
         self.weights_ = np.asarray(arrays["weights"], np.float64)
-        self.offsets_ = np.asarray(arrays["offsets"], np.float32) if "offsets" in arrays else None
+        self._load_offsets(arrays)
         self.n_tags_ = int(meta["n_tags"])
