@@ -53,11 +53,20 @@ def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
     scores = np.asarray(scores)
     if not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"The 'k' parameter must be an int >= 1. Got {k!r} instead.")
-    k = min(k, scores.shape[1])
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    mask = np.zeros(scores.shape, dtype=bool)
-    np.put_along_axis(mask, order, True, axis=1)
-    return mask
+    if k >= scores.shape[1]:
+        return np.ones(scores.shape, dtype=bool)
+    # The k-th largest score of each row (a partition, not a sort: this runs in every balancing step), then the
+    # ties at it taken in column order, as a stable sort would.
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+    if np.isnan(kth).any():  # fewer than k numbers in a row: the sort's order, NaNs last
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        mask = np.zeros(scores.shape, dtype=bool)
+        np.put_along_axis(mask, order, True, axis=1)
+        return mask
+    above = scores > kth
+    tied = scores == kth
+    need = k - above.sum(axis=1, keepdims=True)
+    return above | (tied & (np.cumsum(tied, axis=1) <= need))
 
 
 def threshold_mask(scores: np.ndarray, threshold: float | np.ndarray = 0.3, max_tags: int | None = 15) -> np.ndarray:
