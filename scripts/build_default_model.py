@@ -6,7 +6,9 @@ Recipe (docs/default_model.md has the numbers):
 2. Train an ``ensemble`` of two ``mlp`` heads (30 epochs) and two ``knn`` voters on efficientnet_lite1 and lite2
    features of the whole photo (``+full``), combined by a weighted ``average`` (mlp 3/8 each, knn 1/8 each). The
    stacker (5-fold out-of-fold) is trained too, so every combiner is there at predict time. Balancing offsets
-   (``balance=1``, ``balance_k=2``, ``balance_strength=1.25``) are fitted on the out-of-fold scores.
+   (``balance=0.75``, ``balance_k=1``, ``balance_strength=1.5``) are fitted on the out-of-fold scores. These
+   settings are the ensemble's ``default-model`` preset (``phototag train --method ensemble --preset
+   default-model`` trains the same recipe on other photos); ``--set`` changes them.
 3. Merge in the backbones' own ImageNet-1k classifiers (everyday keywords), calibrated on the training photos, and
    fit the merged model's balancing offsets on merged out-of-fold scores. The model makes balanced top-k decisions
    by default (each photo's best tag stays; rarer words get the other places); every setting of steps 2-3 was chosen
@@ -39,20 +41,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 #: The shipped ensemble's settings: mlp heads and kNN voting on Lite1 and Lite2 features of the whole photo (``+full``:
-#: no centre crop), a weighted average (each mlp 3/8, each kNN 1/8); the members were chosen on the validation photos
-#: and the whole photo on 5 folds of the training photos (docs/default_model.md).
-ENSEMBLE_RECIPE = [
-    "members=[mlp@efficientnet_lite1+full, mlp@efficientnet_lite2+full, knn@efficientnet_lite1+full, "
-    "knn@efficientnet_lite2+full]",
-    "weights=[3, 3, 1, 1]",
-    "member_config={mlp: {epochs_without_val: 30}}",
-    "combiner=average",
-    "balance=0.75",
-    "balance_k=1",
-    "balance_strength=1.5",
-]
-#: The shipped model's top-k decisions are balanced (chosen on 5 folds: F1@5 and N+ both higher, docs/default_model.md).
-BALANCED = True
+#: no centre crop), a weighted average (each mlp 3/8, each kNN 1/8), balanced top k by default. The members were
+#: chosen on the validation photos, the whole photo and the balancing on 5 folds of the training photos
+#: (docs/default_model.md). The recipe is the ensemble's ``default-model`` preset, so users can train it too.
+RECIPE_PRESET = ("ensemble", "default-model")
 #: Photos held out of the 4,500 for measuring the shipped model (the benchmark's protocol).
 N_HELDOUT = 500
 
@@ -146,24 +138,23 @@ def fit_merged_offsets(model, part_scores, merged, records) -> str | None:
     )
 
 
-def build(dataset, args, settings):
+def build(dataset, args, config):
     """The recipe on ``dataset``'s train split (all of it: the mlp heads train for fixed epochs, so no photo is set
     aside for validation), merged with the ImageNet keywords unless ``--corel-only``."""
     from phototag.pipeline import train
-    from phototag.settings import parse_set_options
 
     model = train(
         dataset,
         method=args.method,
         backbone=None if args.method == "ensemble" else args.backbone,
-        config=parse_set_options(settings),
+        config=config,
         val_fraction=0.0,
         seed=0,
     )
     if not args.corel_only:
+        balanced = model.decision.balanced
         model = with_imagenet(model, dataset, dataset.split("train"))
-    if args.method == "ensemble":
-        model.decision.balanced = BALANCED and model.method.rank_offset() is not None
+        model.decision.balanced = balanced and model.method.rank_offset() is not None
     return model
 
 
@@ -172,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     from phototag.importers import run_importer
     from phototag.model import default_model_path, load_model
     from phototag.pipeline import evaluate
+    from phototag.presets import preset_config
+    from phototag.settings import parse_set_options
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "corel5k")
@@ -183,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=None,
         metavar="KEY=VALUE",
-        help=f"method setting (default for ensemble: {' '.join(ENSEMBLE_RECIPE)})",
+        help="method setting, on top of the ensemble's 'default-model' preset (the shipped recipe)",
     )
     parser.add_argument("--out", type=Path, default=default_model_path())
     parser.add_argument(
@@ -209,15 +202,18 @@ def main(argv: list[str] | None = None) -> int:
             notice_file.write_text(notice)
         print(f"re-exported the backbone graphs of {args.out}")
         return 0
-    settings = args.set if args.set is not None else (ENSEMBLE_RECIPE if args.method == "ensemble" else [])
+    config = preset_config(*RECIPE_PRESET) if args.method == "ensemble" else {}
+    config.update(parse_set_options(args.set or []))
     recipe = f"python scripts/build_default_model.py --method {args.method}"
     if args.method != "ensemble":
         recipe += f" --backbone {args.backbone}"
     if args.corel_only:
         recipe += " --corel-only"
-    recipe = " ".join([recipe, *(f"--set {s}" for s in settings)])
+    recipe = " ".join([recipe, *(f"--set {s}" for s in args.set or [])])
+    if args.method == "ensemble":
+        recipe += f"  (ensemble settings: {json.dumps(config)})"
     held = heldout_dataset(args.data, args.work, n_heldout=N_HELDOUT, seed=0)
-    check = build(held, args, settings)
+    check = build(held, args, config)
     with tempfile.TemporaryDirectory(prefix="phototag-graphs-") as tmp:
         graphs = export_graphs(check, Path(tmp))
         # Measured as shipped: with its own backbone graphs, on the 500 photos it never saw.
@@ -229,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             model, trained_on = check, f"the {len(held.split('train'))} photos left after holding out {N_HELDOUT}"
         else:
             full = run_importer("corel5k", args.data, args.work / "corel5k-imported")
-            model, trained_on = build(full, args, settings), f"all {len(full.split('train'))} photos"
+            model, trained_on = build(full, args, config), f"all {len(full.split('train'))} photos"
         model.info.update(
             {
                 "dataset": f"corel5k (train split, 4,500 photos), trained on {trained_on}",

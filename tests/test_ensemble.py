@@ -297,3 +297,28 @@ def test_ensemble_balance_offsets_are_fitted_out_of_fold_and_saved(synthetic_dat
     assert {"average", "average + balance"} <= set(method.validation_)
     with pytest.raises(ValueError, match="balance needs out-of-fold scores"):
         create_method("ensemble", {"balance": 1.0, "stack_folds": 0})._check_config()
+
+
+def test_ensemble_balanced_setting_makes_balanced_top_k_the_models_default(synthetic_dataset, feature_cache):
+    config = {
+        "members": ["knn@efficientnet_lite0"],
+        "member_config": {"knn": {"k": 5}},
+        "stack_folds": 3,
+        "balance": 1.0,
+        "balance_k": 2,
+        "combiner": "average",
+    }
+    plain = train(synthetic_dataset, method="ensemble", config=config, progress=False, cache_dir=feature_cache)
+    assert not plain.decision.balanced and plain.method.rank_offset() is not None  # --balanced asks for it
+    model = train(
+        synthetic_dataset,
+        method="ensemble",
+        config={**config, "balanced": True},
+        progress=False,
+        cache_dir=feature_cache,
+    )
+    assert model.decision.balanced
+    scores = np.random.default_rng(0).random((4, len(model.tags))).astype(np.float32)
+    np.testing.assert_array_equal(model.ranking_scores(scores), model.ranking_scores(scores, balanced=True))
+    with pytest.raises(ValueError, match="balanced=true needs balancing offsets: set balance > 0"):
+        create_method("ensemble", {"balanced": True})._check_config()

@@ -69,36 +69,23 @@ def test_default_method_on_a_natural_scene_folder_and_csv(corel5k_dir, tmp_path,
     assert metrics["map"] >= 0.85, metrics
 
 
-def _build_script():
-    """scripts/build_default_model.py as a module (its recipe constants)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "build_default_model.py"
-    spec = importlib.util.spec_from_file_location("build_default_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_default_model_recipe_on_corel5k_heldout_photos(corel5k_heldout, real_feature_cache):
-    """The shipped model's recipe (its Corel5k part, as scripts/build_default_model.py trains it) on the 4,000 photos
-    left after holding out 500, measured on those 500 (never seen in training or calibration). The shipped model
-    trains on all 4,500, so this is the check: balanced top 5 (its default) beats plain top 5 on both F1@5 and N+,
+    """The shipped model's recipe (its Corel5k part: the ensemble's ``default-model`` preset, which
+    scripts/build_default_model.py trains) on the 4,000 photos left after holding out 500, measured on those 500
+    (never seen in training or calibration). The shipped model trains on all 4,500, so this is the check: balanced top 5 (its default) beats plain top 5 on both F1@5 and N+,
     keeps each photo's best tag, and leaves the scores (mAP, the 0.3 rule) alone."""
     from phototag.pipeline import evaluate, train
-    from phototag.settings import parse_set_options
+    from phototag.presets import preset_config
 
-    script = _build_script()
     model = train(
         corel5k_heldout,
         method="ensemble",
-        config=parse_set_options(script.ENSEMBLE_RECIPE),
+        config=preset_config("ensemble", "default-model"),
         val_fraction=0.0,
         cache_dir=real_feature_cache,
         progress=False,
     )
-    model.decision.balanced = script.BALANCED
+    assert model.decision.balanced  # the preset's balanced=true
     balanced = evaluate(model, corel5k_heldout, split="test", k=5, progress=False, cache_dir=real_feature_cache)
     plain = evaluate(
         model, corel5k_heldout, split="test", k=5, balanced=False, progress=False, cache_dir=real_feature_cache

@@ -99,6 +99,26 @@ _PRESETS: dict[str, dict[str, Preset]] = {
             "the 3-CNN-ensemble paper: three fine-tuned CNNs whose rounded (>= 0.5) outputs are combined by vote; "
             "Lite0/1/2 stand in for its three ImageNet CNNs (fine-tuning is a GPU job)",
         ),
+        "default-model": Preset(
+            {
+                "members": [
+                    "mlp@efficientnet_lite1+full",
+                    "mlp@efficientnet_lite2+full",
+                    "knn@efficientnet_lite1+full",
+                    "knn@efficientnet_lite2+full",
+                ],
+                "weights": [3, 3, 1, 1],
+                "member_config": {"mlp": {"epochs_without_val": 30}},
+                "combiner": "average",
+                "balance": 0.75,
+                "balance_k": 1,
+                "balance_strength": 1.5,
+                "balanced": True,
+            },
+            "the recipe of phototag's shipped default model (its Corel5k part; scripts/build_default_model.py): mlp "
+            "heads and kNN voting on Lite1 and Lite2 features of the whole photo, averaged 3:3:1:1, balanced top k; "
+            "chosen on 5 folds of Corel5k training photos (docs/default_model.md)",
+        ),
     },
 }
 

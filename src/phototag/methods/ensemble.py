@@ -21,7 +21,8 @@ With ``balance`` > 0, every fixed combiner also gets per-tag logit offsets fitte
 it occurs in training (to the power ``balance``), so frequent tags stop crowding rare ones out. The offsets only
 reorder an image's tags for top-k decisions (:meth:`EnsembleTagger.rank_offset`); the scores themselves stay the
 combiner's calibrated probabilities, so the threshold rule is unchanged. The stacker, which learns its own biases,
-gets none.
+gets none. Balanced top-k decisions are asked for with ``--balanced``, or made the trained model's default with
+``balanced=true`` (as the shipped default model's recipe does: ``--preset default-model``).
 
 Every combiner is available from one saved ensemble: ``config.combiner`` is the default, and
 :meth:`EnsembleTagger.set_combiner` (``phototag predict --combiner NAME``) switches it at predict time.
@@ -63,6 +64,7 @@ class EnsembleConfig:
     balance: float = 0.0
     balance_k: int = 5  # the top-k the balancing offsets are fitted for
     balance_strength: float = 1.0  # the fitted offsets are multiplied by this (> 1 holds frequent tags back more)
+    balanced: bool = False  # the trained model's top-k decisions are balanced by default (needs balance > 0)
     vote_threshold: float = 0.5  # a member votes for a tag when its score is at least this ("round")
     weights: list[float] = field(default_factory=list)  # members' weights in "average" and "vote"; empty = equal
     seed: int = 0  # seeds the folds and the stacker
@@ -180,6 +182,8 @@ class EnsembleTagger(TaggingMethod):
         check_balance_settings(cfg.balance, cfg.balance_k, cfg.balance_strength)
         if cfg.balance > 0 and cfg.stack_folds < 2:
             raise ValueError("balance needs out-of-fold scores: set stack_folds >= 2 (or balance=0).")
+        if cfg.balanced and not cfg.balance > 0:
+            raise ValueError("balanced=true needs balancing offsets: set balance > 0 (or balanced=false).")
 
     def _new_member(self, index: int) -> TaggingMethod:
         method, backbone = parse_member(self.config.members[index])
@@ -344,6 +348,11 @@ class EnsembleTagger(TaggingMethod):
         if combiner == "stacker":
             return _sigmoid(_stacker_logits(self.stacker_, _stack_inputs(member_scores))).astype(np.float32)
         return combine(member_scores, combiner, vote_threshold=self.config.vote_threshold, weights=self.config.weights)
+
+    @property
+    def balanced_by_default(self) -> bool:  # type: ignore[override]
+        """The ``balanced`` setting: whether :func:`phototag.pipeline.train` makes the model's top k balanced."""
+        return bool(self.config.balanced)
 
     def rank_offset(self) -> np.ndarray | None:
         """The balancing offsets of the current combiner (``None`` without ``balance`` or for the stacker)."""
