@@ -72,8 +72,9 @@ def test_default_method_on_a_natural_scene_folder_and_csv(corel5k_dir, tmp_path,
 def test_default_model_recipe_on_corel5k_heldout_photos(corel5k_heldout, real_feature_cache):
     """The shipped model's recipe (its Corel5k part: the ensemble's ``default-model`` preset, which
     scripts/build_default_model.py trains) on the 4,000 photos left after holding out 500, measured on those 500
-    (never seen in training or calibration). The shipped model trains on all 4,500, so this is the check: balanced top 5 (its default) beats plain top 5 on both F1@5 and N+,
-    keeps each photo's best tag, and leaves the scores (mAP, the 0.3 rule) alone."""
+    (never seen in training or calibration). The shipped model trains on all 4,500, so this is the check: balanced
+    top 5 (its default) beats plain top 5 on both F1@5 and N+, keeps each photo's best tag, and leaves the scores
+    (mAP, the 0.3 rule) alone."""
     from phototag.pipeline import evaluate, train
     from phototag.presets import preset_config
 
