@@ -1,4 +1,5 @@
-"""Named configurations of the methods: each paper's published setting, one flag away.
+"""Named configurations of the methods: each paper's published setting, and the shipped default model's recipe
+(``ensemble --preset default-model``), one flag away.
 
 ``phototag train DATASET --method refine --preset paper`` fills the method's config from the preset; a config file
 and ``--set KEY=VALUE`` still override it. ``phototag methods --presets`` lists them. The methods' own defaults are
