@@ -242,17 +242,21 @@ def test_balanced_ranking_keeps_each_images_best_tag():
     np.testing.assert_array_equal(balanced_ranking(scores[:0], offsets), np.zeros((0, 4)))
 
 
+#: A one-member ensemble with balancing offsets (kNN on Lite0, out-of-fold scores of 3 folds).
+BALANCED_KNN_ENSEMBLE = {
+    "members": ["knn@efficientnet_lite0"],
+    "member_config": {"knn": {"k": 5}},
+    "stack_folds": 3,
+    "balance": 1.0,
+    "balance_k": 2,
+    "combiner": "average",
+}
+
+
 def test_ensemble_balance_offsets_are_fitted_out_of_fold_and_saved(synthetic_dataset, feature_cache, tmp_path):
     from phototag.calibration import balanced_ranking, tag_balance_offsets
 
-    config = {
-        "members": ["knn@efficientnet_lite0"],
-        "member_config": {"knn": {"k": 5}},
-        "stack_folds": 3,
-        "balance": 1.0,
-        "balance_k": 2,
-        "combiner": "average",
-    }
+    config = dict(BALANCED_KNN_ENSEMBLE)
     model = train(
         synthetic_dataset, method="ensemble", config=config, out=tmp_path / "m", progress=False, cache_dir=feature_cache
     )
@@ -300,14 +304,7 @@ def test_ensemble_balance_offsets_are_fitted_out_of_fold_and_saved(synthetic_dat
 
 
 def test_ensemble_balanced_setting_makes_balanced_top_k_the_models_default(synthetic_dataset, feature_cache):
-    config = {
-        "members": ["knn@efficientnet_lite0"],
-        "member_config": {"knn": {"k": 5}},
-        "stack_folds": 3,
-        "balance": 1.0,
-        "balance_k": 2,
-        "combiner": "average",
-    }
+    config = dict(BALANCED_KNN_ENSEMBLE)
     plain = train(synthetic_dataset, method="ensemble", config=config, progress=False, cache_dir=feature_cache)
     assert not plain.decision.balanced and plain.method.rank_offset() is not None  # --balanced asks for it
     model = train(
