@@ -114,3 +114,18 @@ def test_earlier_stages_join_the_pooled_features(backbone, tmp_path):
         parse_backbone_name("efficientnet_lite0+layer4")
     with pytest.raises(ValueError, match="no feature map at stride 3; this model has strides 2, 4, 8, 16, 32"):
         create_backbone("efficientnet_lite0+s3")
+
+
+def test_which_backbones_share_a_run_and_which_columns():
+    from phototag.backbone_spec import as_spec, is_column_subset, subset_columns
+
+    lite = as_spec("efficientnet_lite1+s8+s16+full")
+    assert is_column_subset(as_spec("efficientnet_lite1+full"), lite)
+    assert is_column_subset(as_spec("efficientnet_lite1+s16+full"), lite)
+    assert not is_column_subset(lite, lite)  # the same features: nothing to share
+    assert not is_column_subset(as_spec("efficientnet_lite1"), lite)  # a centre square, not the whole photo
+    assert not is_column_subset(as_spec("efficientnet_lite2+full"), lite)
+    assert not is_column_subset(as_spec("efficientnet_lite1+s4+full"), lite)
+    assert subset_columns(as_spec("x+s16"), as_spec("x+s8+s16"), (3, 2, 1)).tolist() == [0, 1, 2, 5]
+    with pytest.raises(ValueError, match="has 3 parts"):
+        subset_columns(as_spec("x"), as_spec("x+s8+s16"), (3, 2))

@@ -118,3 +118,38 @@ def test_a_new_cache_opened_by_many_threads_at_once(backbone, photos, tmp_path):
         results = list(pool.map(lambda s: extract_features(photos, [s], options=RunOptions(workers=8)), stores))
     assert all(r.ok.all() for r in results)
     np.testing.assert_allclose(results[0].features[stores[0].key], results[2].features[stores[2].key], atol=1e-5)
+
+
+def test_a_backbone_pooling_fewer_stages_takes_its_columns_from_the_others_run(photos, tmp_path):
+    """``efficientnet_lite0`` and ``efficientnet_lite0+s16`` together: the network runs once per photo (the second's
+    graph records the widths of its parts), the first's features are the leading columns of the second's, match the
+    first's own graph, and are cached for it like computed ones."""
+    from phototag.features import embed_pictures, extract_features, shared_runs
+    from phototag.images import decode_image
+    from phototag.runtime import RunOptions
+
+    options = RunOptions(cache_dir=tmp_path, progress=False)
+    plain, pooled = (
+        FeatureStore(name, tmp_path, options=options) for name in ("efficientnet_lite0", "efficientnet_lite0+s16")
+    )
+    assert shared_runs([plain, pooled]) == {plain.key: pooled}
+    assert shared_runs([plain, FeatureStore("efficientnet_lite0+s16+full", tmp_path)]) == {}  # not the same input
+    assert pooled.part_widths() == (1280, 112) and pooled.backbone.part_widths == (1280, 112)
+    own = FeatureStore("efficientnet_lite0", False).extract(photos, progress=False).features
+
+    plain._embed = lambda arrays: pytest.fail("the plain backbone ran although the pooled one gives its features")
+    result = extract_features(photos, [plain, pooled], options=options)
+    got, wide = result.features[plain.key], result.features[pooled.key]
+    assert result.ok.all() and got.shape == (6, 1280) and wide.shape == (6, 1392)
+    np.testing.assert_array_equal(got, wide[:, :1280])
+    cosine = (got * own).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(own, axis=1)
+    assert cosine.min() > 0.9999
+    again = FeatureStore("efficientnet_lite0", tmp_path, options=options)
+    again._embed = plain._embed
+    np.testing.assert_array_equal(again.extract(photos, progress=False).features, got)  # cached for the plain one
+
+    pictures = [decode_image(Path(p).read_bytes(), source=p) for p in photos[:2]]
+    fresh = {"a": FeatureStore("efficientnet_lite0", False), "b": FeatureStore("efficientnet_lite0+s16", False)}
+    fresh["a"]._embed = plain._embed
+    embedded = embed_pictures(fresh, pictures)
+    np.testing.assert_array_equal(embedded["a"], embedded["b"][:, :1280])

@@ -9,8 +9,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 #: Backbone used when none is named: small, fast on CPU, with real weights available offline.
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -149,3 +152,43 @@ def as_spec(spec: BackboneSpec | str | None = None, **overrides: Any) -> Backbon
     if spec.resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}. Got {spec.resize_mode!r} instead.")
     return spec
+
+
+def is_column_subset(child: BackboneSpec, parent: BackboneSpec) -> bool:
+    """Whether ``child``'s features are some of ``parent``'s columns: the same network, weights and preprocessing,
+    with ``parent`` pooling more earlier stages (``efficientnet_lite1+full`` within ``efficientnet_lite1+s16+full``),
+    so one run of ``parent``'s backbone gives both.
+
+    Example:
+        >>> is_column_subset(as_spec("efficientnet_lite1+full"), as_spec("efficientnet_lite1+s16+full"))
+        True
+        >>> is_column_subset(as_spec("efficientnet_lite1"), as_spec("efficientnet_lite1+s16+full"))
+        False
+    """
+    strides, more = pooled_strides(child), pooled_strides(parent)
+    if not (set(strides) < set(more)):
+        return False
+
+    def rest(spec: BackboneSpec) -> dict[str, Any]:
+        extra = {k: v for k, v in spec.extra.items() if k != "pooled_strides"}
+        return {**dataclasses.asdict(spec), "extra": extra}
+
+    return rest(child) == rest(parent)
+
+
+def subset_columns(child: BackboneSpec, parent: BackboneSpec, widths: Sequence[int]) -> np.ndarray:
+    """The columns of ``parent``'s features that are ``child``'s (:func:`is_column_subset`), from the widths of
+    ``parent``'s parts (its pooled last layer, then one per pooled stride; :attr:`OnnxBackbone.part_widths`).
+
+    Example:
+        >>> subset_columns(as_spec("m+s8"), as_spec("m+s8+s16"), (4, 2, 3)).tolist()
+        [0, 1, 2, 3, 4, 5]
+        >>> subset_columns(as_spec("m+s16"), as_spec("m+s8+s16"), (4, 2, 3)).tolist()
+        [0, 1, 2, 3, 6, 7, 8]
+    """
+    parts = [0, *pooled_strides(parent)]  # 0: the last layer's pooled features
+    if len(widths) != len(parts):
+        raise ValueError(f"Backbone '{backbone_label(parent)}' has {len(parts)} parts; got {len(widths)} widths.")
+    starts = np.cumsum([0, *widths])
+    keep = [0, *pooled_strides(child)]
+    return np.concatenate([np.arange(starts[i], starts[i + 1]) for i, part in enumerate(parts) if part in keep])

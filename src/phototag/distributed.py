@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .backbones import BackboneSpec
-from .features import FeatureStore, embed_by_shape
+from .features import FeatureStore, embed_by_shape, shared_runs
 from .images import DEFAULT_MAX_PIXELS
 from .runtime import RunOptions, backbone_graph
 
@@ -118,12 +118,14 @@ def _decode_batch(
     specs: dict[str, BackboneSpec],
     max_pixels: int | None,
     stores: dict[str, str] | None = None,
+    shared: dict[str, tuple[str, list[int]]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Read, hash, decode (once, with the local engine's JPEG draft) and preprocess a batch of photos.
 
     Adds ``digest``, ``error`` ("" when the photo was read), ``need`` (False: every backbone's features are in the
     feature stores named by ``stores``, when this node sees them) and one ``pixels:<key>`` ``(n, 3, S, S)`` column
-    per backbone (zeros where there is nothing to compute).
+    per backbone that runs (zeros where there is nothing to compute); the ``shared`` ones (see
+    :func:`_shared_columns`) take their features from another backbone's run and get no pixels.
     """
     from .features import ImageItem, _read, content_hash
     from .images import ImageLoadError, decode_image
@@ -134,7 +136,8 @@ def _decode_batch(
     digests, errors = [""] * n, [""] * n
     need = np.zeros(n, dtype=bool)
     pixels: dict[str, Any] = {}
-    for key, spec in specs.items():
+    run = {key: spec for key, spec in specs.items() if key not in (shared or {})}
+    for key, spec in run.items():
         size = int(spec.input_size)
         if spec.resize_mode == "full":  # whole photos differ in shape: one array per row (a ragged column)
             pixels[key] = np.empty(n, dtype=object)
@@ -152,9 +155,9 @@ def _decode_batch(
                 data,
                 source=path,
                 max_pixels=max_pixels,
-                draft=lambda w, h: draft_request(list(specs.values()), w, h),
+                draft=lambda w, h: draft_request(list(run.values()), w, h),
             )
-            for key, spec in specs.items():
+            for key, spec in run.items():
                 pixels[key][i] = preprocess(spec, image)
             need[i] = True
         except ImageLoadError as err:
@@ -175,6 +178,13 @@ def _visible_stores(specs: dict[str, BackboneSpec], stores: dict[str, str] | Non
             return {}
         found[key] = FeatureStore(specs[key], folder)
     return found
+
+
+def _shared_batch(batch: dict[str, np.ndarray], *, shared: dict[str, tuple[str, list[int]]]) -> dict[str, np.ndarray]:
+    """``features:<key>`` of the shared backbones: columns of the features of the backbone whose run they share."""
+    for key, (parent, columns) in shared.items():
+        batch[_features(key)] = np.asarray(batch[_features(parent)])[:, columns]
+    return batch
 
 
 class _BackboneActor:
@@ -240,18 +250,22 @@ def _feature_pipeline(
     stores: dict[str, str] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     extra_actors: int = 0,
+    shared: dict[str, tuple[str, list[int]]] | None = None,
 ):
     """The Ray Dataset of ``(index, path)`` rows through decoding and every backbone's actor pool (``extra_actors``:
-    actors the caller adds after it, counted when checking that fixed pools leave CPUs for decoding)."""
+    actors the caller adds after it, counted when checking that fixed pools leave CPUs for decoding); ``shared``
+    backbones (:func:`_shared_columns`) get no pool: their features are columns of another's."""
+    shared = shared or {}
+    run = {key: spec for key, spec in specs.items() if key not in shared}
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0)) if options.device != "cpu" else 0.0
     if cluster.actors and not gpus:
         # Fixed pools that take every CPU would leave none for decoding: the run would wait forever.
-        needed = cluster.cpus * (cluster.actors * len(specs) + extra_actors + 1)
+        needed = cluster.cpus * (cluster.actors * len(run) + extra_actors + 1)
         have = float(resources.get("CPU", 0))
         if needed > have + 1e-9:
             raise ValueError(
-                f"{cluster.actors} actor(s) for each of {len(specs)} backbone(s) at {cluster.cpus:g} CPU each, plus "
+                f"{cluster.actors} actor(s) for each of {len(run)} backbone(s) at {cluster.cpus:g} CPU each, plus "
                 f"{extra_actors} scoring actor and one decode task, need {needed:g} CPUs; the cluster has {have:g}. "
                 "Lower --ray-actors or --ray-cpus, or add nodes."
             )
@@ -262,20 +276,20 @@ def _feature_pipeline(
         _decode_batch,
         batch_size=DECODE_BATCH,
         batch_format="numpy",
-        fn_kwargs={"specs": specs, "max_pixels": max_pixels, "stores": stores},
+        fn_kwargs={"specs": specs, "max_pixels": max_pixels, "stores": stores, "shared": shared},
         num_cpus=cluster.cpus,  # pure and idempotent: Ray reruns it freely after a lost worker (task retries)
         # The memory a decode task holds (a decoded photo up to the pixel guard, its batch's pixels); reserving it
         # also keeps Ray Data from fusing decoding into the first backbone's actors, so decoding scales on its own.
         memory=DECODE_MEMORY,
     )
     threads = max(1, int(round(cluster.cpus)))
-    for key, spec in specs.items():
+    for key, spec in run.items():
         if gpus:
-            share = 1.0 / len(specs)  # one set of backbones per GPU
+            share = 1.0 / len(run)  # one set of backbones per GPU
             most = max(1, int(gpus))
         else:
             share = 0.0
-            most = max(1, int(float(resources.get("CPU", 1)) / (cluster.cpus * (len(specs) + 1))))
+            most = max(1, int(float(resources.get("CPU", 1)) / (cluster.cpus * (len(run) + 1))))
         size = {"size": cluster.actors} if cluster.actors else {"min_size": 1, "max_size": most}
         dataset = dataset.map_batches(
             _BackboneActor,
@@ -292,12 +306,32 @@ def _feature_pipeline(
             num_cpus=cluster.cpus,
             num_gpus=share or None,
         )
+    if shared:
+        dataset = dataset.map_batches(_shared_batch, batch_format="numpy", fn_kwargs={"shared": shared})
     return dataset
 
 
-def _graphs(stores: dict[str, FeatureStore], options: RunOptions, search: Sequence[Any]) -> dict[str, str]:
-    """Absolute paths of every backbone's ONNX graph (found, or exported once, on the driver)."""
-    return {key: str(backbone_graph(s.spec, options, search=search).resolve()) for key, s in stores.items()}
+def _shared_columns(stores: dict[str, FeatureStore]) -> dict[str, tuple[str, list[int]]]:
+    """``{key: (key of the backbone whose run gives its features, their columns there)}`` for the stores whose
+    features are columns of another's (:func:`phototag.features.shared_runs`; worked out on the driver)."""
+    key_of = {store.key: key for key, store in stores.items()}
+    out = {}
+    for store_key, parent in shared_runs(list(stores.values())).items():
+        columns = stores[key_of[store_key]].columns_in(parent)
+        if columns is not None:
+            out[key_of[store_key]] = (key_of[parent.key], [int(c) for c in columns])
+    return out
+
+
+def _graphs(
+    stores: dict[str, FeatureStore], options: RunOptions, search: Sequence[Any], shared: dict[str, Any]
+) -> dict[str, str]:
+    """Absolute paths of the ONNX graph of every backbone that runs (found, or exported once, on the driver)."""
+    return {
+        key: str(backbone_graph(s.spec, options, search=search).resolve())
+        for key, s in stores.items()
+        if key not in shared
+    }
 
 
 def _scored_batches(
@@ -318,9 +352,10 @@ def _scored_batches(
         )
     stores = model.stores(options.replace(cache_dir=False), memory=False)
     specs = {key: store.spec for key, store in stores.items()}
-    graphs = _graphs(stores, options, model.graph_folders())
+    shared = _shared_columns(stores)
+    graphs = _graphs(stores, options, model.graph_folders(), shared)
     with _Connection(cluster, options.progress) as ray:
-        dataset = _feature_pipeline(ray, items, specs, graphs, options, cluster, extra_actors=1)
+        dataset = _feature_pipeline(ray, items, specs, graphs, options, cluster, extra_actors=1, shared=shared)
         dataset = dataset.map_batches(
             _ScoringActor,
             batch_size=options.batch_size,
@@ -536,14 +571,23 @@ def extract_features_on_ray(
     by_key = {store.key: store for store in stores}
     specs = {key: store.spec for key, store in by_key.items()}
     roots = {key: str(store.dir.parent.parent) for key, store in by_key.items() if store.dir is not None}
-    graphs = _graphs(by_key, options, [f for store in stores for f in store.search])
+    shared = _shared_columns(by_key)
+    graphs = _graphs(by_key, options, [f for store in stores for f in store.search], shared)
     max_pixels = min((s.max_pixels for s in stores if s.max_pixels is not None), default=DEFAULT_MAX_PIXELS)
     names = [str(p) for p in paths]
     report = FeatureReport()
     errors: dict[int, str] = {}
     with _Connection(cluster, options.progress) as ray:
         dataset = _feature_pipeline(
-            ray, list(enumerate(names)), specs, graphs, options, cluster, stores=roots, max_pixels=max_pixels
+            ray,
+            list(enumerate(names)),
+            specs,
+            graphs,
+            options,
+            cluster,
+            stores=roots,
+            max_pixels=max_pixels,
+            shared=shared,
         )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
             need = np.asarray(batch["need"], dtype=bool)

@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .backbone_spec import backbone_label, is_column_subset, subset_columns
 from .backbones import BackboneSpec, resolve_spec
 from .fileio import atomic_write_text
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image, read_image_bytes
@@ -265,6 +266,28 @@ class FeatureStore:
             width = self._embed([preprocess(self.spec, Image.new("RGB", (8, 8)))]).shape[1]
         return int(width)
 
+    def part_widths(self) -> tuple[int, ...] | None:
+        """The widths of the parts of this backbone's features (its pooled last layer, then one per pooled earlier
+        stride): recorded in its graph, else from timm's description of the network when torch is installed, else
+        ``None``."""
+        widths = self.backbone.part_widths
+        if widths is None:
+            try:
+                from .torch_backbones import pooled_widths
+
+                widths = pooled_widths(backbone_label(self.spec))
+            except ImportError:
+                return None
+        return tuple(int(w) for w in widths)
+
+    def columns_in(self, parent: FeatureStore) -> np.ndarray | None:
+        """The columns of ``parent``'s features that are this store's (see :func:`shared_runs`), or ``None`` when
+        ``parent``'s graph does not say how its output is made up."""
+        widths = parent.part_widths()
+        if widths is None or sum(widths) != (parent.backbone.num_features or sum(widths)):
+            return None
+        return subset_columns(self.spec, parent.spec, widths)
+
     def _embed(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Preprocessed photos, each ``(3, S, S)`` (``(3, H, W)`` for whole photos) → ``(n, d)`` features, one
         network call per shape."""
@@ -289,6 +312,21 @@ class FeatureStore:
         for start in range(0, len(images), size):
             out.append(self._embed([preprocess(self.spec, im) for im in images[start : start + size]]))
         return np.concatenate(out) if out else np.zeros((0, self.num_features), np.float32)
+
+
+def embed_pictures(stores: Mapping[str, FeatureStore], pictures: Sequence) -> dict[str, np.ndarray]:
+    """``{name: (n, d) features}`` of already decoded PIL images for every store (not cached); a store whose
+    features are columns of another's (:func:`shared_runs`) takes them from that one's run."""
+    shared = shared_runs(list(stores.values()))
+    by_key = {store.key: store for store in stores.values()}
+    computed: dict[str, np.ndarray] = {}
+    for store in stores.values():
+        if store.key not in shared and store.key not in computed:
+            computed[store.key] = store.embed_images(pictures)
+    for key, parent in shared.items():
+        columns = by_key[key].columns_in(parent)
+        computed[key] = by_key[key].embed_images(pictures) if columns is None else computed[parent.key][:, columns]
+    return {name: computed[store.key] for name, store in stores.items()}
 
 
 def embed_by_shape(network: Callable[[np.ndarray], np.ndarray], arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -317,6 +355,28 @@ def embed_by_shape(network: Callable[[np.ndarray], np.ndarray], arrays: Sequence
 
 
 # --- the input layer ----------------------------------------------------------------------------------------------
+def shared_runs(stores: Sequence[FeatureStore]) -> dict[str, FeatureStore]:
+    """``{store key: the store whose backbone run also gives its features}`` among ``stores``: a store whose features
+    are some of another's columns (the same network and preprocessing, the other pooling more earlier stages:
+    ``efficientnet_lite1+full`` within ``efficientnet_lite1+s16+full``) takes them from that one's run, so each photo
+    goes through the network once. Stores share only when they run the same way (device, threads, precision)."""
+
+    def same_run(a: FeatureStore, b: FeatureStore) -> bool:
+        settings = ("device", "threads", "precision")
+        return (
+            a._torch_backbone is None
+            and b._torch_backbone is None
+            and all(getattr(a.options, name) == getattr(b.options, name) for name in settings)
+        )
+
+    out = {}
+    for store in stores:
+        parents = [p for p in stores if same_run(store, p) and is_column_subset(store.spec, p.spec)]
+        if parents:  # the one pooling the most stages: no store gives it its features
+            out[store.key] = max(parents, key=lambda p: len(p.spec.extra.get("pooled_strides", [])))
+    return out
+
+
 @dataclass
 class Extraction:
     """What :func:`extract_features` returns, aligned with the items given.
@@ -340,6 +400,7 @@ class _Loaded:
     digest: str | None = None
     cached: dict[str, np.ndarray] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    shared: list[str] = field(default_factory=list)  # stores whose features come from another store's run
     image: Any = None
     failure: str | None = None
 
@@ -354,8 +415,9 @@ def _loader(
     *,
     keep_images: bool,
     max_pixels: int | None,
+    shared: dict[str, FeatureStore],
 ) -> Callable[[int], _Loaded]:
-    specs = [store.spec for store in stores]
+    specs = [store.spec for store in stores if store.key not in shared]
 
     def load(index: int) -> _Loaded:
         item = items[index]
@@ -366,7 +428,9 @@ def _loader(
             missing = []
             for store in stores:
                 row = store.cache.get(out.digest)
-                if row is None:
+                if row is None and store.key in shared:
+                    out.shared.append(store.key)  # its features are columns of another store's (cached or run)
+                elif row is None:
                     missing.append(store)
                 else:
                     out.cached[store.key] = row
@@ -426,7 +490,9 @@ def extract_features(
     unsaved: dict[str, dict[str, np.ndarray]] = {s.key: {} for s in stores}
     by_key = {s.key: s for s in stores}
     batch_size = max(1, min(s.options.batch_size for s in stores) if stores else options.batch_size)
-    load = _loader(items, stores, keep_images=keep_images, max_pixels=max_pixels)
+    shared = shared_runs(stores)
+    waiting: dict[str, dict[int, str]] = {key: {} for key in shared}  # photo index -> digest, per shared store
+    load = _loader(items, stores, keep_images=keep_images, max_pixels=max_pixels, shared=shared)
     bar = tqdm(total=n, desc=desc, unit="img", disable=not options.progress or n == 0, leave=False)
 
     def width_of(store: FeatureStore, sample: np.ndarray) -> None:
@@ -464,6 +530,8 @@ def extract_features(
             digests.append(loaded.digest)
             if len(indices) >= batch_size:
                 run_batch(key)
+        for key in loaded.shared:
+            waiting[key][i] = loaded.digest
         if images is not None:
             images[i] = loaded.image
         bar.update(1)
@@ -486,6 +554,9 @@ def extract_features(
                     consume(queue.popleft().result())
         for key in pending:
             run_batch(key)
+        for key, photos in waiting.items():
+            if photos:
+                _fill_shared(by_key[key], shared[key], photos, items, features, unsaved[key], options)
     finally:
         # Keep whatever was computed, also when interrupted: the next run resumes from here.
         for key, rows in unsaved.items():
@@ -493,6 +564,37 @@ def extract_features(
         bar.close()
     for store in stores:  # no photo reached this backbone: an empty block of its width
         if store.key not in features:
-            features[store.key] = np.zeros((n, store.num_features), dtype=np.float32)
+            columns = store.columns_in(shared[store.key]) if store.key in shared else None
+            width = len(columns) if columns is not None else store.num_features
+            features[store.key] = np.zeros((n, width), dtype=np.float32)
     ok_failures = [(items[i].name, failures[i]) for i in sorted(failures)]
     return Extraction(features=features, ok=ok, failures=ok_failures, images=images)
+
+
+def _fill_shared(
+    store: FeatureStore,
+    parent: FeatureStore,
+    photos: dict[int, str],
+    items: Sequence[ImageItem],
+    features: dict[str, np.ndarray],
+    unsaved: dict[str, np.ndarray],
+    options: RunOptions,
+) -> None:
+    """``store``'s features of ``photos`` (index -> digest) as columns of ``parent``'s, which are all in
+    ``features`` by now; run on ``store``'s own backbone when ``parent``'s graph does not say which columns."""
+    indices = np.fromiter(photos, dtype=np.int64, count=len(photos))
+    columns = store.columns_in(parent)
+    if columns is None:
+        log.info(
+            "Backbone %s: its graph does not name its parts; running %s on its own.",
+            parent.spec.name,
+            backbone_label(store.spec),
+        )
+        rows = extract_features([items[i] for i in indices], [store], options=options.replace(progress=False))
+        block = rows.features[store.key]
+    else:
+        block = features[parent.key][indices][:, columns]
+    if store.key not in features:
+        features[store.key] = np.zeros((len(items), block.shape[1]), dtype=np.float32)
+    features[store.key][indices] = block
+    unsaved.update(zip(photos.values(), block, strict=True))

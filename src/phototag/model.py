@@ -28,7 +28,7 @@ from . import __version__
 from .backbones import BackboneSpec
 from .calibration import balanced_ranking
 from .errors import ModelFormatError
-from .features import FeatureStore, ImageItem
+from .features import FeatureStore, ImageItem, embed_pictures
 from .fileio import atomic_directory
 from .inputs import build_inputs, feature_specs, make_stores
 from .methods import TaggingMethod, create_method, get_method_class
@@ -326,13 +326,11 @@ class TagModel:
         keys = self.data_keys
         inputs: dict[str, Any] = {}
         if "features" in keys or "backbone_features" in keys:
-            stores = self.stores(options, memory=False)
+            embedded = embed_pictures(self.stores(options, memory=False), pictures)
             if "features" in keys:
-                inputs["features"] = stores["features"].embed_images(pictures)
+                inputs["features"] = embedded["features"]
             if "backbone_features" in keys:
-                inputs["backbone_features"] = {
-                    name: stores[name].embed_images(pictures) for name in self.method.feature_backbones()
-                }
+                inputs["backbone_features"] = {name: embedded[name] for name in self.method.feature_backbones()}
         if "images" in keys:
             inputs["images"] = list(pictures)
         if "user_tags" in keys:

@@ -13,6 +13,7 @@ saved with one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -39,6 +40,8 @@ PRECISIONS = ("fp32", "int8")
 ONNX_OPSET = 17
 #: Smallest cosine similarity between torch and ONNX features accepted at export.
 EXPORT_MIN_COSINE = 0.9999
+#: Metadata key of an exported graph: the widths of its output's parts, as a JSON list.
+PART_WIDTHS_KEY = "phototag.part_widths"
 
 
 @dataclass
@@ -205,6 +208,10 @@ def export_backbone(
             dynamo=False,
         )
     proto = onnx.load_from_string(buffer.getvalue())
+    # The widths of the output's parts (the pooled last layer, then each pooled earlier stage), so a backbone name
+    # pooling fewer stages reads its columns from this graph's run (phototag.backbone_spec.subset_columns).
+    widths = getattr(module, "widths", (backbone.num_features,))
+    onnx.helper.set_model_props(proto, {PART_WIDTHS_KEY: json.dumps([int(w) for w in widths])})
     if compress:
         proto = compress_initializers(proto)
     data = proto.SerializeToString()
@@ -278,7 +285,13 @@ def quantize_backbone(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
-        return atomic_write_bytes(out_path, staged.read_bytes())
+        import onnx
+
+        # The fp32 graph's metadata (the widths of its output's parts) holds for the int8 one too.
+        quantized = onnx.load(str(staged))
+        props = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+        onnx.helper.set_model_props(quantized, {**{p.key: p.value for p in quantized.metadata_props}, **props})
+        return atomic_write_bytes(out_path, quantized.SerializeToString())
 
 
 # --- sessions -----------------------------------------------------------------------------------------------------
@@ -311,6 +324,10 @@ class OnnxBackbone:
         self.input_name = self.session.get_inputs()[0].name
         width = self.session.get_outputs()[0].shape[-1]
         self.num_features = int(width) if isinstance(width, int) else None
+        widths = self.session.get_modelmeta().custom_metadata_map.get(PART_WIDTHS_KEY)
+        #: The widths of the output's parts (pooled last layer, then each pooled stride), or None for graphs
+        #: exported before phototag recorded them.
+        self.part_widths: tuple[int, ...] | None = tuple(json.loads(widths)) if widths else None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
