@@ -21,6 +21,9 @@ cached) and inference images/s (scoring the 500 held-out photos from cached feat
         # cnn from the cached-trunk candidate benchmarks/corel5k_cnn_cached.py chose on validation
     python benchmarks/corel5k.py --methods 2pknn tagprop --json benchmarks/results/corel5k_2pknn_tagprop.json
         # defaults = settings chosen on validation by benchmarks/corel5k_knn_tuning.py
+    python benchmarks/corel5k.py --methods ensemble --preset ensemble=default-model --val-fraction 0 \
+        --json benchmarks/results/corel5k_default_model_recipe.json
+        # the shipped default model's Corel5k part (fixed epochs: no photo set aside for validation)
 """
 
 from __future__ import annotations
@@ -36,8 +39,6 @@ from phototag.data import Dataset
 from phototag.importers import run_importer
 from phototag.methods import create_method
 from phototag.pipeline import evaluate, train
-
-COMBINERS = ("average", "vote", "union", "intersection", "stacker")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "corel5k"
@@ -65,17 +66,23 @@ def ensemble_rows(model, dataset: Dataset, label: str, timing: dict, cache_dir) 
     balancing offsets (when the ensemble has them; every other metric is the combiner's own). Member scores are
     computed once; inference speed is for all of it."""
     from phototag.calibration import balanced_ranking
+    from phototag.inputs import build_inputs
     from phototag.metrics import evaluate_scores
+    from phototag.runtime import RunOptions
 
     records = dataset.split("test")
     targets = model.vocab.transform([r.tags for r in records])
-    inputs = {"images": [str(dataset.image_path(r)) for r in records]}
     start = time.perf_counter()
-    members = model.method.member_scores(inputs)
+    batch = build_inputs(
+        model.method, [dataset.image_path(r) for r in records], options=RunOptions(cache_dir=cache_dir, progress=False)
+    )
+    if not batch.ok.all():
+        raise SystemExit(f"Held-out photos could not be read: {batch.failures[:3]}")
+    members = model.method.member_scores(batch.inputs)
     infer = round(len(records) / (time.perf_counter() - start), 1)
     ensemble = model.method
     scored = {f"member {m}": (s, None) for m, s in zip(ensemble.config.members, members, strict=True)}
-    for name in COMBINERS:
+    for name in ensemble.combiners():
         scores = ensemble._combine(members, name)
         scored[f"{label} / {name}"] = (scores, None)
         offsets = getattr(ensemble, "offsets_", {}).get(name)
@@ -139,6 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", action="append", default=[], metavar="METHOD.KEY=VALUE", help="a method setting, e.g. mlp.hidden=1024"
     )
+    parser.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="METHOD=NAME",
+        help="start METHOD's settings from a preset (phototag methods --presets), e.g. ensemble=default-model; "
+        "--set changes single settings on top",
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of the training photos set aside for validation"
+    )
     parser.add_argument("--calibrate-thresholds", action="store_true", help="per-tag thresholds from validation")
     parser.add_argument(
         "--trained",
@@ -150,9 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     trained = dict(item.split("=", 1) for item in args.trained)
+    from phototag.presets import preset_config
     from phototag.settings import parse_set_options
 
     settings: dict[str, dict] = {}
+    for item in args.preset:
+        method, _, name = item.partition("=")
+        settings[method] = preset_config(method, name)
     for key, value in parse_set_options(args.set).items():
         method, _, field = key.partition(".")
         settings.setdefault(method, {})[field] = value
@@ -179,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 out=args.work / "models" / f"{method}-{args.backbone}",
                 seed=args.seed,
                 calibrate_thresholds=args.calibrate_thresholds,
+                val_fraction=args.val_fraction,
             )
             fit_s = time.perf_counter() - start
         n_train = model.info["n_train"]

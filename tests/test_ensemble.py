@@ -319,3 +319,33 @@ def test_ensemble_balanced_setting_makes_balanced_top_k_the_models_default(synth
     np.testing.assert_array_equal(model.ranking_scores(scores), model.ranking_scores(scores, balanced=True))
     with pytest.raises(ValueError, match="balanced=true needs balancing offsets: set balance > 0"):
         create_method("ensemble", {"balanced": True})._check_config()
+
+
+def test_an_ensemble_trained_without_its_stacker(synthetic_dataset, feature_cache, tmp_path):
+    """``stacker=false`` (the default model's recipe): no stacker is trained or saved; the fixed combiners work and
+    give the same scores as with it; asking for the stacker is a clear error, at training and at predict time."""
+    config = dict(BALANCED_KNN_ENSEMBLE)
+    with_it = train(synthetic_dataset, method="ensemble", config=config, progress=False, cache_dir=feature_cache)
+    model = train(
+        synthetic_dataset,
+        method="ensemble",
+        config={**config, "stacker": False},
+        out=tmp_path / "m",
+        progress=False,
+        cache_dir=feature_cache,
+    )
+    assert model.method.combiners() == COMBINERS[:-1] and with_it.method.combiners() == COMBINERS
+    arrays, _ = model.method.get_state()
+    assert not [name for name in arrays if name.startswith("stacker/")]
+    reloaded = TagModel.load(tmp_path / "m")
+    ds = Dataset.load(synthetic_dataset)
+    inputs = photo_inputs(model, [str(ds.image_path(r)) for r in ds.split("test")], feature_cache)
+    for name in COMBINERS[:-1]:
+        reloaded.method.set_combiner(name)
+        with_it.method.set_combiner(name)
+        np.testing.assert_allclose(reloaded.score_inputs(inputs), with_it.score_inputs(inputs), rtol=1e-6)
+    assert set(reloaded.method.score_all(inputs)) == set(COMBINERS[:-1])
+    with pytest.raises(ValueError, match="trained without its stacker"):
+        reloaded.method.set_combiner("stacker")
+    with pytest.raises(ValueError, match="combiner 'stacker' needs the stacker"):
+        create_method("ensemble", {"stacker": False, "combiner": "stacker"})._check_config()

@@ -222,14 +222,15 @@ def declared_shapes(method: str, config: Mapping[str, Any], meta: Mapping[str, A
         for i, member in enumerate(members):
             shapes.update(declared_shapes(member["method"], member["config"], member["meta"], f"{prefix}member{i}/"))
         width = len(members) * n_tags if n_tags is not None else None
-        shapes.update(
-            {
-                f"{prefix}stacker/net.0.weight": (width, width),
-                f"{prefix}stacker/net.0.bias": (width,),
-                f"{prefix}stacker/net.2.weight": (n_tags, width),
-                f"{prefix}stacker/net.2.bias": (n_tags,),
-            }
-        )
+        if config.get("stacker", True):  # stacker=false: trained without one
+            shapes.update(
+                {
+                    f"{prefix}stacker/net.0.weight": (width, width),
+                    f"{prefix}stacker/net.0.bias": (width,),
+                    f"{prefix}stacker/net.2.weight": (n_tags, width),
+                    f"{prefix}stacker/net.2.bias": (n_tags,),
+                }
+            )
         return shapes
     if method == "merged":
         shapes = {}

@@ -44,6 +44,10 @@ from .base import TaggingMethod, create_method, get_method_class, register_metho
 log = logging.getLogger(__name__)
 
 COMBINERS = ("average", "vote", "union", "intersection", "stacker")
+_NO_STACKER = (
+    "This ensemble was trained without its stacker (stacker=false): choose average, vote, union or intersection, "
+    "or retrain it with stacker=true."
+)
 
 
 @dataclass
@@ -56,6 +60,9 @@ class EnsembleConfig:
     member_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     combiner: str = "stacker"  # default combiner: "average", "vote", "union", "intersection" or "stacker"
     stack_folds: int = 5  # k of the out-of-fold scores the stacker learns from; 0 = learn from validation scores
+    # train the stacker even when another combiner is chosen, so `--combiner stacker` works at predict time; false
+    # saves its training (minutes for many members on a CPU) and its weights ((members × tags)² numbers)
+    stacker: bool = True
     stacker_lr: float = 1e-3  # Adam learning rate of the stacker
     stacker_batch_size: int = 512  # images per stacker step
     stacker_max_epochs: int = 300  # upper bound on stacker epochs
@@ -182,6 +189,8 @@ class EnsembleTagger(TaggingMethod):
         check_balance_settings(cfg.balance, cfg.balance_k, cfg.balance_strength)
         if cfg.balance > 0 and cfg.stack_folds < 2:
             raise ValueError("balance needs out-of-fold scores: set stack_folds >= 2 (or balance=0).")
+        if cfg.combiner == "stacker" and not cfg.stacker:
+            raise ValueError("combiner 'stacker' needs the stacker: set stacker=true (or another combiner).")
         if cfg.balanced and not cfg.balance > 0:
             raise ValueError("balanced=true needs balancing offsets: set balance > 0 (or balanced=false).")
 
@@ -277,7 +286,9 @@ class EnsembleTagger(TaggingMethod):
                 self.offsets_[name] = tag_balance_offsets(
                     y, combined, k=k, power=cfg.balance, strength=cfg.balance_strength
                 )
-        if oof is not None:
+        if not cfg.stacker:
+            self.stacker_ = {}
+        elif oof is not None:
             self.stacker_ = self._fit_stacker(oof, y, val_scores, yv)
         elif val_scores is not None:
             self.stacker_ = self._fit_stacker(val_scores, yv, None, None)
@@ -288,7 +299,7 @@ class EnsembleTagger(TaggingMethod):
             )
         if have_val:
             # Validation metrics of every combiner and every member: does the ensemble beat its best member?
-            scored = {name: self._combine(val_scores, name) for name in COMBINERS}
+            scored = {name: self._combine(val_scores, name) for name in self.combiners()}
             # A balanced combiner: mAP from its own scores, the top 5 of each photo as balanced decisions choose them.
             ranked = {
                 f"{name} + balance": (scored[name], balanced_ranking(scored[name], b))
@@ -338,14 +349,23 @@ class EnsembleTagger(TaggingMethod):
         return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in stacker.state_dict().items()}
 
     # --- scoring ------------------------------------------------------------------------------------------------
+    def combiners(self) -> tuple[str, ...]:
+        """The combiners this fitted ensemble can use: all of :data:`COMBINERS`, less the stacker when it was trained
+        without one (``stacker=false``)."""
+        return COMBINERS if getattr(self, "stacker_", None) else COMBINERS[:-1]
+
     def set_combiner(self, combiner: str) -> None:
         """Use ``combiner`` (one of :data:`COMBINERS`) from now on; saved with the model."""
         if combiner not in COMBINERS:
             raise ValueError(f"Unknown combiner '{combiner}'. Valid combiners: {', '.join(COMBINERS)}.")
+        if combiner not in self.combiners():
+            raise ValueError(_NO_STACKER)
         self.config.combiner = combiner
 
     def _combine(self, member_scores: np.ndarray, combiner: str) -> np.ndarray:
         if combiner == "stacker":
+            if not self.stacker_:
+                raise ValueError(_NO_STACKER)
             return _sigmoid(_stacker_logits(self.stacker_, _stack_inputs(member_scores))).astype(np.float32)
         return combine(member_scores, combiner, vote_threshold=self.config.vote_threshold, weights=self.config.weights)
 
@@ -365,11 +385,12 @@ class EnsembleTagger(TaggingMethod):
         return np.stack([m.score(v) for m, v in zip(self.members_, member_inputs, strict=True)]).astype(np.float32)
 
     def score_all(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """``{combiner: scores (n_images, n_tags)}`` for every combiner, member scores computed once."""
+        """``{combiner: scores (n_images, n_tags)}`` for every combiner it has (:meth:`combiners`), member scores
+        computed once."""
         self.check_fitted()
         self.check_inputs(inputs)
         members = self.member_scores(inputs)
-        return {name: self._combine(members, name).astype(np.float32) for name in COMBINERS}
+        return {name: self._combine(members, name).astype(np.float32) for name in self.combiners()}
 
     def _score(self, inputs: Mapping[str, Any]) -> np.ndarray:
         return self._combine(self.member_scores(inputs), self.config.combiner)
@@ -403,12 +424,16 @@ class EnsembleTagger(TaggingMethod):
             k[len(prefix) :]: np.asarray(v, dtype=np.float32) for k, v in arrays.items() if k.startswith(prefix)
         }
         width = len(self.members_) * self.n_tags_
-        expected = {
-            "0.weight": (width, width),
-            "0.bias": (width,),
-            "2.weight": (self.n_tags_, width),
-            "2.bias": (self.n_tags_,),
-        }
+        expected = (
+            {}
+            if not self.stacker_ and not self.config.stacker
+            else {
+                "0.weight": (width, width),
+                "0.bias": (width,),
+                "2.weight": (self.n_tags_, width),
+                "2.bias": (self.n_tags_,),
+            }
+        )
         shapes = {k: tuple(v.shape) for k, v in self.stacker_.items()}
         if shapes != expected:
             raise ValueError(f"Ensemble stacker weights have shapes {shapes}; expected {expected}.")
