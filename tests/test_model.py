@@ -144,13 +144,28 @@ def test_default_model_loads():
     model = load_model()
     assert len(model.tags) >= 200
     # Heads on backbone features; the backbones ship inside the model as ONNX graphs, so no export is needed.
+    from phototag.backbone_spec import backbone_label
+    from phototag.features import shared_runs
     from phototag.inputs import feature_specs
-    from phototag.runtime import onnx_file_name
+    from phototag.runtime import RunOptions, onnx_file_name
 
     specs = feature_specs(model.method, model.backbone_spec)
-    assert [s.name for s in specs.values()] == ["efficientnet_lite1", "efficientnet_lite2"]
+    assert list(specs) == [
+        "efficientnet_lite1+full",
+        "efficientnet_lite2+full",
+        "efficientnet_lite1+s16+full",
+        "efficientnet_lite2+s16+full",
+    ]
     shipped = {p.name for p in (model.path / "backbones").glob("*.onnx")}
     assert shipped == {onnx_file_name(s) for s in specs.values()}
+    # Tagging runs two networks: the +full features are the leading columns of the +s16+full ones.
+    stores = model.stores(RunOptions(cache_dir=False))
+    shared = shared_runs(list(stores.values()))
+    assert {k: backbone_label(p.spec) for k, p in shared.items()} == {
+        stores["efficientnet_lite1+full"].key: "efficientnet_lite1+s16+full",
+        stores["efficientnet_lite2+full"].key: "efficientnet_lite2+s16+full",
+    }
+    assert [store.part_widths() for store in shared.values()] == [(1280, 112), (1280, 120)]
     assert (model.path / "backbones" / "NOTICE").is_file()
     # Corel5k words and the ImageNet keywords in one vocabulary; the mapping's broad words are categories, except
     # the Corel5k words among them (people, water, vehicle), which the Corel5k heads learnt as words.

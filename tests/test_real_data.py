@@ -92,9 +92,10 @@ def test_default_model_recipe_on_corel5k_heldout_photos(corel5k_heldout, real_fe
         model, corel5k_heldout, split="test", k=5, balanced=False, progress=False, cache_dir=real_feature_cache
     )
     assert balanced["n_images"] == 500 and balanced["unreadable_images"] == 0
-    # Measured when it was built (2026-12-02): F1@5 0.489 / N+ 181 balanced, 0.454 / 161 plain. The balancing was
-    # chosen on 5 folds of the training photos, where it lifted both.
-    assert balanced["tag@5_f1"] >= 0.45, balanced
+    # Measured when it was built (2026-12-02, eight members): F1@5 0.500 / N+ 185 balanced, 0.471 / 165 plain (the
+    # four-member recipe before it: 0.489 / 181, 0.454 / 161). The balancing was chosen on 5 folds of the training
+    # photos, where it lifted both.
+    assert balanced["tag@5_f1"] >= 0.47, balanced
     assert balanced["tag@5_f1"] >= plain["tag@5_f1"], (plain, balanced)
     assert balanced["tag@5_n_plus"] >= plain["tag@5_n_plus"] + 10, (plain, balanced)
     for key in ("map", "image_f1_mean", "miap"):

@@ -107,18 +107,24 @@ _PRESETS: dict[str, dict[str, Preset]] = {
                     "mlp@efficientnet_lite2+full",
                     "knn@efficientnet_lite1+full",
                     "knn@efficientnet_lite2+full",
+                    "mlp@efficientnet_lite1+s16+full",
+                    "mlp@efficientnet_lite2+s16+full",
+                    "knn@efficientnet_lite1+s16+full",
+                    "knn@efficientnet_lite2+s16+full",
                 ],
-                "weights": [3, 3, 1, 1],
+                "weights": [3, 3, 1, 1, 3, 3, 1, 1],
                 "member_config": {"mlp": {"epochs_without_val": 30}},
                 "combiner": "average",
                 "balance": 0.75,
                 "balance_k": 1,
                 "balance_strength": 1.5,
                 "balanced": True,
+                "stacker": False,
             },
             "the recipe of phototag's shipped default model (its Corel5k part; scripts/build_default_model.py): mlp "
-            "heads and kNN voting on Lite1 and Lite2 features of the whole photo, averaged 3:3:1:1, balanced top k; "
-            "chosen on 5 folds of Corel5k training photos (docs/default_model.md)",
+            "heads and kNN voting on Lite1 and Lite2 features of the whole photo, with and without the pooled "
+            "stride-16 map (one network run gives both), averaged 3:3:1:1 per feature set, balanced top k; chosen on "
+            "5 folds of Corel5k training photos (docs/default_model.md)",
         ),
     },
 }
