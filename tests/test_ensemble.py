@@ -242,6 +242,35 @@ def test_balanced_ranking_keeps_each_images_best_tag():
     np.testing.assert_array_equal(balanced_ranking(scores[:0], offsets), np.zeros((0, 4)))
 
 
+def test_balanced_places_limit_the_offsets_to_the_first_places(tmp_path):
+    """``balanced_places``: the offsets choose the first places of a top k, in their order; the rest go by score. A
+    top k of at most that many places is the balanced one; the model keeps the setting when saved."""
+    from phototag.calibration import balanced_ranking
+    from phototag.metrics import top_k_mask
+    from phototag.model import DecisionRule
+    from phototag.vocab import TagVocabulary
+
+    rng = np.random.default_rng(0)
+    scores = rng.random((50, 12))
+    offsets = rng.normal(0, 3, 12)
+    full, limited = balanced_ranking(scores, offsets), balanced_ranking(scores, offsets, places=3)
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(top_k_mask(limited, k), top_k_mask(full, k))
+    balanced3 = top_k_mask(full, 3)
+    for row in range(50):
+        rest = np.where(balanced3[row], -np.inf, scores[row])
+        expected = balanced3[row] | top_k_mask(rest[None], 3)[0]  # the balanced 3, then the 3 best others by score
+        np.testing.assert_array_equal(top_k_mask(limited, 6)[row], expected)
+
+    rule = DecisionRule(balanced=True, balanced_places=3)
+    chosen = rule.select(scores, top_k=6, rank_offset=offsets)
+    assert [sorted(i for i, _ in row) for row in chosen] == [sorted(np.flatnonzero(m)) for m in top_k_mask(limited, 6)]
+    method = create_method("knn", k=3).fit({"features": rng.normal(size=(20, 4)).astype(np.float32)}, np.eye(20, 3))
+    model = TagModel(method, TagVocabulary(tags=["a", "b", "c"]), decision=rule)
+    model.save(tmp_path / "m")
+    assert TagModel.load(tmp_path / "m").decision.balanced_places == 3
+
+
 #: A one-member ensemble with balancing offsets (kNN on Lite0, out-of-fold scores of 3 folds).
 BALANCED_KNN_ENSEMBLE = {
     "members": ["knn@efficientnet_lite0"],

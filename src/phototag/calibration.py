@@ -95,23 +95,35 @@ def apply_offsets(scores: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-(logit(scores) + np.asarray(offsets, dtype=np.float64))))).astype(np.float32)
 
 
-def balanced_ranking(scores: np.ndarray, offsets: np.ndarray, *, exclude: np.ndarray | None = None) -> np.ndarray:
+def balanced_ranking(
+    scores: np.ndarray, offsets: np.ndarray, *, exclude: np.ndarray | None = None, places: int | None = None
+) -> np.ndarray:
     """The scores ``(n_images, n_tags)`` that choose a balanced top k: ``sigmoid(logit(s) + offset)`` per tag, except
     that each image's highest-scoring tag ranks first whatever its offset (among the tags not in ``exclude``, a
     ``(n_tags,)`` bool mask). So a balanced top k never drops the photo's most likely tag, and fills the other places
     with the tags the offsets favour (on Corel5k folds this kept the first tag's precision, 0.80 against 0.82 for
     the plain ranking shown in score order, where ranking every tag by its offset gave 0.70).
 
+    ``places``: the offsets choose only the first ``places`` places; the places after them go by score (a top k of
+    at most ``places`` is the same as without it).
+
     Example:
-        >>> s = np.array([[0.9, 0.5, 0.2]])
-        >>> top_k_mask(balanced_ranking(s, np.array([-9.0, 0.0, 4.0])), 2).astype(int).tolist()
-        [[1, 0, 1]]
+        >>> s = np.array([[0.9, 0.5, 0.2, 0.4]])
+        >>> off = np.array([-9.0, 0.0, 4.0, 0.0])
+        >>> top_k_mask(balanced_ranking(s, off), 2).astype(int).tolist()
+        [[1, 0, 1, 0]]
+        >>> top_k_mask(balanced_ranking(s, off, places=2), 3).astype(int).tolist()  # the third place by score
+        [[1, 1, 1, 0]]
     """
     scores = np.asarray(scores)
     ranking = apply_offsets(scores, offsets)
     if scores.size:
         candidates = scores if exclude is None else np.where(np.asarray(exclude, dtype=bool), -np.inf, scores)
         ranking[np.arange(len(scores)), np.argmax(candidates, axis=1)] = 2.0  # above every sigmoid
+    if places is not None and scores.size and places < scores.shape[1]:
+        eligible = ranking if exclude is None else np.where(np.asarray(exclude, dtype=bool), -np.inf, ranking)
+        chosen = top_k_mask(eligible, places)
+        ranking = np.where(chosen, 3.0 + ranking, scores)  # the balanced places first, in their order; then by score
     return ranking
 
 

@@ -56,7 +56,9 @@ class DecisionRule:
     (:func:`phototag.calibration.balanced_ranking`); the chosen tags are listed by score, and the scores reported stay
     the method's probabilities. :class:`TagModel` passes the method's offsets only for *balanced* top-k decisions
     (``balanced``, the model's default when its method or build says so, or ``--balanced`` per call): they give
-    rarer tags places that frequent ones would take, which per-word benchmarks reward.
+    rarer tags places that frequent ones would take, which per-word benchmarks reward. ``balanced_places`` limits the
+    offsets to the first places of a top k (the default model: 5, the top 5 its offsets were chosen for); the places
+    after them go by score, so a longer list ends with the likeliest remaining tags, not with rare words.
 
     ``categories`` ``(n_tags,)`` marks broad words (animal, mammal, furniture: a sum over many narrower words, as the
     default model's ImageNet part gives them) that never take a keyword's place: they are left out of the ranking
@@ -69,6 +71,8 @@ class DecisionRule:
     max_tags: int | None = 15  # at most this many tags per image (seed 001)
     per_tag_threshold: np.ndarray | None = field(default=None, repr=False)  # (n_tags,) calibrated thresholds
     balanced: bool = False  # top-k follows the method's rank offsets by default (when it has them)
+    # the offsets choose at most this many places of a balanced top k; the places after them go by score (None: all)
+    balanced_places: int | None = None
     categories: np.ndarray | None = field(default=None, repr=False)  # (n_tags,) bool: attached after the keywords
 
     def select(
@@ -99,7 +103,9 @@ class DecisionRule:
         cut_array = np.broadcast_to(np.asarray(cut, dtype=np.float64), (n_tags,))
         broad = self.category_mask(n_tags)
         balanced = top_k is not None and rank_offset is not None
-        ranking = balanced_ranking(scores, rank_offset, exclude=broad) if balanced else scores
+        ranking = (
+            balanced_ranking(scores, rank_offset, exclude=broad, places=self.balanced_places) if balanced else scores
+        )
         if broad is not None:
             ranking = np.where(broad, -np.inf, ranking)  # categories never take a keyword's place
             bar = cut_array if np.isfinite(cut_array).all() else self.own_thresholds(n_tags)
@@ -258,7 +264,7 @@ class TagModel:
         if columns is not None:
             scores = scores[:, columns]
             offset = None if offset is None else offset[columns]
-        return scores if offset is None else balanced_ranking(scores, offset)
+        return scores if offset is None else balanced_ranking(scores, offset, places=self.decision.balanced_places)
 
     def score_images(
         self,
@@ -416,6 +422,7 @@ class TagModel:
                 "threshold": self.decision.threshold,
                 "max_tags": self.decision.max_tags,
                 "balanced": self.decision.balanced,
+                **({"balanced_places": self.decision.balanced_places} if self.decision.balanced_places else {}),
             },
             "n_tags": len(self.vocab),
             "info": self.info,
@@ -537,6 +544,7 @@ def merge_models(
         threshold=models[0].decision.threshold,
         max_tags=models[0].decision.max_tags,
         balanced=models[0].decision.balanced,
+        balanced_places=models[0].decision.balanced_places,
         categories=np.isin(tags, list(categories)) if categories else None,
     )
     return TagModel(method, vocab, decision=decision, info=info or {})

@@ -36,6 +36,7 @@ class DecisionHeader(BaseModel):
     threshold: float = Field(ge=0.0, le=1.0)
     max_tags: int | None = Field(default=15, ge=1)
     balanced: bool = False
+    balanced_places: int | None = Field(default=None, ge=1)
 
     @field_validator("threshold", mode="before")
     @classmethod
