@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         timing["train_images_per_s"] = round(n_train / fit_s, 1)
         if method == "ensemble":
             rows += ensemble_rows(model, dataset, label, timing, args.cache_dir)
-            validation_tables.append((label, model.method.validation_))
+            if getattr(model.method, "validation_", None):  # none without validation photos (--val-fraction 0)
+                validation_tables.append((label, model.method.validation_))
             continue
         start = time.perf_counter()
         result = evaluate(model, dataset, split="test", k=5, cache_dir=args.cache_dir, progress=False)

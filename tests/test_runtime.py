@@ -106,3 +106,32 @@ def test_whole_photo_graphs_take_any_shape(tmp_path):
     got = store.extract([str(p) for p in paths], progress=False).features
     cosine = (expected * got).sum(1) / np.linalg.norm(expected, axis=1) / np.linalg.norm(got, axis=1)
     assert cosine.min() > 0.9999
+
+
+@pytest.mark.slow
+def test_int8_graphs_keep_the_widths_of_their_parts_and_share_a_run(tmp_path):
+    """An int8 backbone (static QDQ quantisation, calibrated on the sample photos) computes nearly the fp32 features,
+    keeps its graph's record of the widths of its parts, so ``efficientnet_lite0`` at int8 still takes its columns
+    from ``efficientnet_lite0+s16``'s int8 run, and never shares an fp32 run (nor its cache)."""
+    from phototag.features import FeatureStore, extract_features, shared_runs
+    from phototag.runtime import check_images
+
+    paths = []
+    for i, image in enumerate(check_images()[:4]):
+        paths.append(tmp_path / f"p{i}.png")
+        image.save(paths[-1])
+    int8, fp32 = RunOptions(cache_dir=tmp_path, precision="int8"), RunOptions(cache_dir=tmp_path)
+    plain, pooled = (
+        FeatureStore("efficientnet_lite0", tmp_path, options=int8),
+        FeatureStore("efficientnet_lite0+s16", tmp_path, options=int8),
+    )
+    assert pooled.backbone.path.name == onnx_file_name(pooled.spec, "int8")
+    assert pooled.backbone.part_widths == (1280, 112)
+    assert shared_runs([plain, pooled]) == {plain.key: pooled}
+    assert shared_runs([FeatureStore("efficientnet_lite0", tmp_path, options=fp32), pooled]) == {}
+    result = extract_features(paths, [plain, pooled], options=int8)
+    np.testing.assert_array_equal(result.features[plain.key], result.features[pooled.key][:, :1280])
+    exact = FeatureStore("efficientnet_lite0+s16", False).extract(paths, progress=False).features
+    got = result.features[pooled.key]
+    cosine = (got * exact).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(exact, axis=1)
+    assert cosine.min() > 0.9, cosine
