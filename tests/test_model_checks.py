@@ -52,7 +52,7 @@ def check_all(header_raw, tensors, file="m/phototag_model.json", weights="m/weig
 
 def test_the_shipped_default_model_passes(header, tensors):
     checked = check_all(header, tensors)
-    assert checked["decision"] == {"threshold": 0.3, "max_tags": 15, "balanced": True}
+    assert checked["decision"] == {"threshold": 0.3, "max_tags": 15, "balanced": True, "balanced_places": 5}
     assert checked["method"] == "merged"  # the Corel5k ensemble (part 0) and the ImageNet keywords (part 1)
 
 
@@ -139,12 +139,20 @@ def test_wrong_weight_shapes_and_missing_arrays(header, tensors):
     wrong_tags = dict(tensors, **{"method/part0/offsets/vote": np.zeros(259, np.float32)})
     with pytest.raises(ModelFormatError, match=r"'method/part0/offsets/vote' has shape \(259,\), expected \(260,\)"):
         check_all(header, wrong_tags)
-    missing = {k: v for k, v in tensors.items() if k != "method/part0/stacker/net.2.bias"}
+    missing = {k: v for k, v in tensors.items() if k != "method/part0/member5/net.3.bias"}
     with pytest.raises(
         ModelFormatError,
-        match=r"m/weights.safetensors is damaged: the array 'method/part0/stacker/net.2.bias' is missing",
+        match=r"m/weights.safetensors is damaged: the array 'method/part0/member5/net.3.bias' is missing",
     ):
         check_all(header, missing)
+    # The shipped ensemble was trained without its stacker (stacker=false); a header that says it has one needs it.
+    assert not [name for name in tensors if "stacker" in name]
+
+    def with_stacker(h):
+        h["method_meta"]["parts"][0]["config"]["stacker"] = True
+
+    with pytest.raises(ModelFormatError, match=r"the array 'method/part0/stacker/net.0.weight' is missing"):
+        check_all(damaged(header, with_stacker), tensors)
     threshold = dict(tensors, **{"decision/per_tag_threshold": np.full(12, 0.3, np.float32)})
     with pytest.raises(ModelFormatError, match=r"per_tag_threshold' has shape 12"):
         check_all(header, threshold)
@@ -173,12 +181,12 @@ def test_damaged_copy_on_disk_round_trip(header, tmp_path):
     copy_dir = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, copy_dir)
     tensors = load_file(str(copy_dir / "weights.safetensors"))
-    tensors["method/part0/stacker/net.0.bias"] = np.full_like(tensors["method/part0/stacker/net.0.bias"], np.nan)
+    tensors["method/part0/member4/net.0.bias"] = np.full_like(tensors["method/part0/member4/net.0.bias"], np.nan)
     save_file(tensors, str(copy_dir / "weights.safetensors"))
     header_file = copy_dir / "phototag_model.json"
     raw = json.loads(header_file.read_text())
-    n_bad = tensors["method/part0/stacker/net.0.bias"].size  # every value: members x tags
-    message = rf"model/weights.safetensors is damaged: .*stacker/net.0.bias.* {n_bad} NaN"
+    n_bad = tensors["method/part0/member4/net.0.bias"].size  # every value: the hidden layer's width
+    message = rf"model/weights.safetensors is damaged: .*member4/net.0.bias.* {n_bad} NaN"
     with pytest.raises(ModelFormatError, match=message):
         check_all(raw, load_file(str(copy_dir / "weights.safetensors")), header_file, copy_dir / "weights.safetensors")
 

@@ -26,8 +26,8 @@ if not Path("/proc/self/cmdline").is_file():
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 N_PHOTOS = 20
-#: CPUs each decode task and actor reserves: the 3 backbone actors + the scoring actor + a decode task fit on one
-#: one-CPU node, so the run goes on when the worker node is lost.
+#: CPUs each task and actor reserves: the 2 backbone actors, the scoring actor, a decode task and the column task (the
+#: default model's shared feature sets) fit on one one-CPU node, so the run goes on when the worker node is lost.
 RAY_CPUS = "0.2"
 
 
@@ -265,9 +265,10 @@ def test_features_on_the_cluster_feed_train_and_predict_runs_on_the_cluster(
 def test_actor_pools_that_leave_no_cpu_for_decoding_are_refused(cluster, photos):
     run = _cli(["tag", *photos[:2], "--engine", "ray", "--ray-address", cluster.address, "--ray-actors", "2"])
     assert run.returncode == 2
-    # The default model runs 2 backbones: 2 actors each, 1 scoring actor and 1 decode task = 6 CPUs.
+    # The default model runs 2 networks (its 2 other feature sets are their columns): 2 actors each, 1 scoring actor,
+    # 1 decode task and 1 column task = 7 CPUs.
     assert "2 actor(s) for each of 2 backbone(s)" in run.stderr
-    assert "need 6 CPUs; the cluster has 2. Lower --ray-actors or --ray-cpus, or add nodes." in run.stderr
+    assert "need 7 CPUs; the cluster has 2. Lower --ray-actors or --ray-cpus, or add nodes." in run.stderr
 
 
 def test_parquet_run_survives_losing_the_worker_node_and_resumes(cluster, photos, local_run, tmp_path):

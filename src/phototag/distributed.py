@@ -261,12 +261,13 @@ def _feature_pipeline(
     gpus = float(resources.get("GPU", 0)) if options.device != "cpu" else 0.0
     if cluster.actors and not gpus:
         # Fixed pools that take every CPU would leave none for decoding: the run would wait forever.
-        needed = cluster.cpus * (cluster.actors * len(run) + extra_actors + 1)
+        needed = cluster.cpus * (cluster.actors * len(run) + extra_actors + 1 + bool(shared))
         have = float(resources.get("CPU", 0))
         if needed > have + 1e-9:
             raise ValueError(
                 f"{cluster.actors} actor(s) for each of {len(run)} backbone(s) at {cluster.cpus:g} CPU each, plus "
-                f"{extra_actors} scoring actor and one decode task, need {needed:g} CPUs; the cluster has {have:g}. "
+                f"{extra_actors} scoring actor and one decode task{' and one column task' if shared else ''}, need "
+                f"{needed:g} CPUs; the cluster has {have:g}. "
                 "Lower --ray-actors or --ray-cpus, or add nodes."
             )
     dataset = ray.data.from_items(
@@ -307,7 +308,11 @@ def _feature_pipeline(
             num_gpus=share or None,
         )
     if shared:
-        dataset = dataset.map_batches(_shared_batch, batch_format="numpy", fn_kwargs={"shared": shared})
+        # A light numpy task, with the same CPU share as decoding (Ray's default of one whole CPU would wait forever
+        # on a node whose CPUs the actors already hold).
+        dataset = dataset.map_batches(
+            _shared_batch, batch_format="numpy", fn_kwargs={"shared": shared}, num_cpus=cluster.cpus
+        )
     return dataset
 
 
