@@ -90,6 +90,24 @@ def test_fit_platt_recovers_a_known_sigmoid():
     np.testing.assert_allclose(b, true_b, atol=0.1)
 
 
+def test_the_class_count_term_is_recovered_and_lowers_many_class_keywords():
+    """The global calibration's term in log(number of classes a keyword sums), fitted with the global pair kept: it
+    recovers a known weight, and a negative one lowers the scores of keywords summing many classes."""
+    from phototag.methods.imagenet import _fit_count_term
+
+    rng = np.random.default_rng(0)
+    log_classes = np.log(np.array([1, 1, 2, 4, 30, 119], dtype=float))
+    x = rng.normal(-2.0, 1.5, size=(4000, len(log_classes)))
+    z = 0.9 * x + 0.3 - 0.4 * log_classes
+    y = (rng.random(x.shape) < 1 / (1 + np.exp(-z))).astype(float)
+    term = _fit_count_term(x, y, log_classes, 0.9, 0.3)
+    assert abs(term - (-0.4)) < 0.05
+    # Without the term the many-class keywords are overrated: their mean score runs above their positive rate.
+    plain = 1 / (1 + np.exp(-(0.9 * x[:, -1] + 0.3)))
+    with_term = 1 / (1 + np.exp(-(0.9 * x[:, -1] + 0.3 + term * log_classes[-1])))
+    assert plain.mean() > 2 * y[:, -1].mean() and abs(with_term.mean() - y[:, -1].mean()) < 0.01
+
+
 def test_scoring_needs_no_torch():
     code = "import sys, phototag.methods.imagenet; sys.exit('torch' in sys.modules or 'timm' in sys.modules)"
     src = Path(__file__).resolve().parents[1] / "src"

@@ -41,6 +41,9 @@ class ImageNetConfig:
     detail_min_probability: float = 0.5  # a detail keyword (dog breed) shows only when its class is this likely
     calibration: str = "per_tag"  # "per_tag" (Platt per tag with enough positives, else global), "global", "none"
     min_positives: int = 10  # positives a tag needs in the fit data for its own Platt pair
+    # the global pair also learns a term in log(number of ImageNet classes a keyword sums): a sum over many classes
+    # (dog: 119) has a higher floor on photos without any of them, which the plain global pair passed on
+    class_count_term: bool = True
     platt_iter: int = 50  # Newton steps of the Platt fits
 
 
@@ -121,6 +124,22 @@ def fit_platt(
     return a, b
 
 
+def _fit_count_term(x: np.ndarray, y: np.ndarray, log_classes: np.ndarray, a: float, b: float) -> float:
+    """The weight ``c`` of ``log(number of classes)`` in ``sigmoid(a·x + b + c·log n)`` (``a``, ``b``: the global
+    Platt pair, kept), by maximum likelihood on the labelled keywords ``x`` ``(n, k)`` logits, ``y`` ``(n, k)``
+    targets, ``log_classes`` ``(k,)``."""
+    from scipy.optimize import minimize_scalar
+
+    base = a * x + b
+    counts = np.broadcast_to(log_classes, x.shape)
+
+    def loss(c: float) -> float:
+        z = base + c * counts
+        return float((np.logaddexp(0.0, z) - y * z).sum())
+
+    return float(minimize_scalar(loss, bounds=(-5.0, 5.0), method="bounded").x)
+
+
 @register_method("imagenet")
 class ImageNetTagger(TaggingMethod):
     """The backbones' ImageNet classifiers mapped to keywords; fit learns only the calibration."""
@@ -128,6 +147,7 @@ class ImageNetTagger(TaggingMethod):
     description = "ImageNet-1k classifiers of the backbones, folded into everyday keywords; fit calibrates only"
     Config = ImageNetConfig
     data_keys = ("backbone_features",)
+    saved_defaults = {"class_count_term": False}  # models saved before the setting were calibrated without it
 
     def feature_backbones(self) -> list[str]:
         """The backbones whose features this method needs, in order."""
@@ -218,6 +238,10 @@ class ImageNetTagger(TaggingMethod):
         if labelled.any():
             a, b = fit_platt(x[:, labelled].reshape(-1, 1), y[:, labelled].reshape(-1, 1), iterations=cfg.platt_iter)
             self.platt_a_[:], self.platt_b_[:] = a[0], b[0]
+            if cfg.class_count_term:
+                log_classes = np.log(np.maximum(np.asarray(self.membership_).sum(axis=0), 1.0))
+                term = _fit_count_term(x[:, labelled], y[:, labelled], log_classes[labelled], a[0], b[0])
+                self.platt_b_ = self.platt_b_ + term * log_classes
         own = np.zeros(k, dtype=bool)
         if cfg.calibration == "per_tag":
             own = self.mapped_ & (y.sum(axis=0) >= cfg.min_positives)
