@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .backbone_spec import backbone_label, is_column_subset, subset_columns
+from .backbone_spec import backbone_label, is_column_subset, pooled_strides, subset_columns
 from .backbones import BackboneSpec, resolve_spec
 from .fileio import atomic_write_text
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image, read_image_bytes
@@ -283,8 +283,8 @@ class FeatureStore:
     def columns_in(self, parent: FeatureStore) -> np.ndarray | None:
         """The columns of ``parent``'s features that are this store's (see :func:`shared_runs`), or ``None`` when
         ``parent``'s graph does not say how its output is made up."""
-        widths = parent.part_widths()
-        if widths is None or sum(widths) != (parent.backbone.num_features or sum(widths)):
+        widths, width = parent.part_widths(), parent.backbone.num_features
+        if widths is None or (width is not None and sum(widths) != width):  # unknown, or not this graph's parts
             return None
         return subset_columns(self.spec, parent.spec, widths)
 
@@ -373,7 +373,7 @@ def shared_runs(stores: Sequence[FeatureStore]) -> dict[str, FeatureStore]:
     for store in stores:
         parents = [p for p in stores if same_run(store, p) and is_column_subset(store.spec, p.spec)]
         if parents:  # the one pooling the most stages: no store gives it its features
-            out[store.key] = max(parents, key=lambda p: len(p.spec.extra.get("pooled_strides", [])))
+            out[store.key] = max(parents, key=lambda p: len(pooled_strides(p.spec)))
     return out
 
 

@@ -424,16 +424,14 @@ class EnsembleTagger(TaggingMethod):
             k[len(prefix) :]: np.asarray(v, dtype=np.float32) for k, v in arrays.items() if k.startswith(prefix)
         }
         width = len(self.members_) * self.n_tags_
-        expected = (
-            {}
-            if not self.stacker_ and not self.config.stacker
-            else {
+        expected = {}
+        if self.config.stacker or self.stacker_:  # stacker=false: trained and saved without one
+            expected = {
                 "0.weight": (width, width),
                 "0.bias": (width,),
                 "2.weight": (self.n_tags_, width),
                 "2.bias": (self.n_tags_,),
             }
-        )
         shapes = {k: tuple(v.shape) for k, v in self.stacker_.items()}
         if shapes != expected:
             raise ValueError(f"Ensemble stacker weights have shapes {shapes}; expected {expected}.")
